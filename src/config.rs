@@ -1,0 +1,247 @@
+//! The config file (TOML): structs, defaults and validation (`check-config`).
+//!
+//! Every field has a default, so a config names only what it changes; unknown keys are errors
+//! (a typo must not silently fall back to a default). Relative paths are relative to the config
+//! file's folder. Every file in `config/` is parsed by a test.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use toml::Spanned;
+
+use crate::correlate::SchedulerApiConfig;
+use crate::dedup;
+use crate::diagnose::DEFAULT_RUNBOOK;
+use crate::incidents::IncidentRules;
+
+/// The whole config file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where log entries come from (`run`).
+    pub source: SourceConfig,
+    /// The job inventory.
+    pub jobs: JobsConfig,
+    /// The live Cloud Scheduler API, for jobs the inventory lacks.
+    pub scheduler_api: SchedulerApiConfig,
+    /// When incidents fire, repeat and resolve.
+    pub incidents: IncidentRules,
+    /// The duplicate window.
+    pub dedup: DedupConfig,
+    /// Where alerts link to.
+    pub runbook: RunbookConfig,
+    /// Where alerts go.
+    pub receivers: Vec<ReceiverConfig>,
+}
+
+/// `[source]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SourceConfig {
+    /// A log file to read, start to end (the bundled demo). NDJSON, a JSON array, or Pub/Sub
+    /// messages.
+    pub path: Option<Spanned<PathBuf>>,
+}
+
+/// `[jobs]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct JobsConfig {
+    /// A Job JSON file or a folder of them (`gcloud scheduler jobs list --format=json`).
+    pub inventory: Option<Spanned<PathBuf>>,
+}
+
+/// `[dedup]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DedupConfig {
+    /// Entries remembered to drop duplicates: at least this many, at most twice as many
+    /// (16 bytes each, plus the table).
+    pub capacity: usize,
+}
+
+impl Default for DedupConfig {
+    fn default() -> Self {
+        DedupConfig { capacity: dedup::DEFAULT_CAPACITY }
+    }
+}
+
+/// `[runbook]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RunbookConfig {
+    /// Alerts link to `base_url#code`: point it at your copy of `docs/runbook.md`, e.g. on your
+    /// Git host or wiki.
+    pub base_url: String,
+}
+
+impl Default for RunbookConfig {
+    fn default() -> Self {
+        RunbookConfig { base_url: DEFAULT_RUNBOOK.to_owned() }
+    }
+}
+
+/// `[[receivers]]`: a named destination for alerts.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReceiverConfig {
+    /// The receiver's name, used in logs.
+    pub name: String,
+    /// Print alerts on stdout.
+    pub stdout: Option<StdoutConfig>,
+}
+
+/// A stdout receiver.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StdoutConfig {
+    /// `json` (one CONTRACT section 4 event a line) or `text` (readable, with the fix).
+    pub format: Format,
+}
+
+/// An output format.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// One JSON event per line (NDJSON).
+    #[default]
+    Json,
+    /// Readable text with the fix commands.
+    Text,
+}
+
+/// A config error, with the line it is on when known.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}{}: {message}", line.map(|l| format!(":{l}")).unwrap_or_default())]
+pub struct ConfigError {
+    /// The config file.
+    pub file: String,
+    /// 1-based line.
+    pub line: Option<usize>,
+    /// What is wrong and what to change.
+    pub message: String,
+}
+
+/// A parsed config with the folder its relative paths start from.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    /// The parsed config.
+    pub config: Config,
+    /// The config file's folder.
+    pub base: PathBuf,
+    /// The config file.
+    pub file: PathBuf,
+    text: String,
+}
+
+impl Loaded {
+    /// Reads and validates a config file.
+    pub fn from_file(path: &Path) -> Result<Loaded, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError { file: file.clone(), line: None, message: format!("cannot read the config file: {e}") })?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        Loaded::from_str(&text, &file, base)
+    }
+
+    /// Parses and validates config text; `base` resolves relative paths.
+    pub fn from_str(text: &str, file: &str, base: PathBuf) -> Result<Loaded, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError {
+            file: file.to_owned(),
+            line: e.span().map(|s| line_of(text, s.start)),
+            message: e.message().trim().to_owned(),
+        })?;
+        let loaded = Loaded { config, base, file: PathBuf::from(file), text: text.to_owned() };
+        loaded.validate()?;
+        Ok(loaded)
+    }
+
+    fn error_at(&self, span: Option<std::ops::Range<usize>>, message: String) -> ConfigError {
+        ConfigError { file: self.file.display().to_string(), line: span.map(|s| line_of(&self.text, s.start)), message }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let c = &self.config;
+        for (what, path) in [("source.path", &c.source.path), ("jobs.inventory", &c.jobs.inventory)] {
+            if let Some(p) = path {
+                let resolved = self.resolve(p.get_ref());
+                if !resolved.exists() {
+                    return Err(self.error_at(
+                        Some(p.span()),
+                        format!("{what} = {:?}: no such file or folder ({}); paths are relative to the config file", p.get_ref(), resolved.display()),
+                    ));
+                }
+            }
+        }
+        if c.incidents.min_failures == 0 {
+            return Err(self.error_at(self.find("min_failures"), "incidents.min_failures must be at least 1".into()));
+        }
+        if c.incidents.repeat_interval.is_zero() {
+            return Err(self.error_at(self.find("repeat_interval"), "incidents.repeat_interval must be longer than 0s, e.g. \"4h\"".into()));
+        }
+        if c.dedup.capacity == 0 {
+            return Err(self.error_at(self.find("capacity"), "dedup.capacity must be at least 1".into()));
+        }
+        let mut names = std::collections::HashSet::new();
+        for r in &c.receivers {
+            if !names.insert(r.name.as_str()) {
+                return Err(self.error_at(self.find(&format!("\"{}\"", r.name)), format!("two receivers are named {:?}; names must be unique", r.name)));
+            }
+            if r.stdout.is_none() {
+                return Err(self.error_at(self.find(&format!("\"{}\"", r.name)), format!("receiver {:?} has no destination: add `stdout = {{ format = \"text\" }}`", r.name)));
+            }
+        }
+        Ok(())
+    }
+
+    /// The span of the first line mentioning `needle`, for errors about values that carry no span.
+    fn find(&self, needle: &str) -> Option<std::ops::Range<usize>> {
+        self.text.find(needle).map(|i| i..i + needle.len())
+    }
+
+    /// A path from the config, resolved against the config file's folder.
+    pub fn resolve(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_owned()
+        } else {
+            self.base.join(p)
+        }
+    }
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].bytes().filter(|&b| b == b'\n').count() + 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Loaded, ConfigError> {
+        Loaded::from_str(text, "test.toml", PathBuf::from("."))
+    }
+
+    #[test]
+    fn defaults_follow_the_contract() {
+        let c = parse("").unwrap().config;
+        assert_eq!(c.incidents.min_failures, 3);
+        assert!(c.incidents.fire_on_confirmed);
+        assert_eq!(c.incidents.repeat_interval, std::time::Duration::from_secs(4 * 3600));
+    }
+
+    #[test]
+    fn errors_name_the_line_and_what_to_change() {
+        let e = parse("[incidents]\nmin_failures = 3\nrepeat_intervall = \"4h\"\n").unwrap_err();
+        assert_eq!(e.line, Some(3), "{e}");
+        assert!(e.to_string().contains("repeat_intervall"), "{e}");
+        let e = parse("[incidents]\nrepeat_interval = \"four hours\"\n").unwrap_err();
+        assert_eq!(e.line, Some(2), "{e}");
+        let e = parse("\n[jobs]\ninventory = \"no/such/dir\"\n").unwrap_err();
+        assert_eq!(e.line, Some(3), "{e}");
+        assert!(e.to_string().contains("relative to the config file"), "{e}");
+        let e = parse("[incidents]\nmin_failures = 0\n").unwrap_err();
+        assert_eq!(e.line, Some(2), "{e}");
+        let e = parse("[[receivers]]\nname = \"a\"\n").unwrap_err();
+        assert!(e.to_string().contains("no destination"), "{e}");
+    }
+}

@@ -1,0 +1,91 @@
+//! Correlate: find the job's auth config, by `(project, location, job_id)`.
+//!
+//! Two sources, tried in order: the job inventory (files: [`inventory`]) and the live Cloud
+//! Scheduler API ([`scheduler_api`]). A failed look-up is never an error for the pipeline: the
+//! diagnosis becomes `auth-config-unavailable` and the reason is logged.
+
+pub mod inventory;
+pub mod job;
+pub mod scheduler_api;
+
+use std::sync::Arc;
+
+pub use inventory::Inventory;
+pub use job::{HttpTarget, JobConfig, Target, Token};
+pub use scheduler_api::{SchedulerApi, SchedulerApiConfig};
+
+use crate::JobKey;
+
+/// Where a job's config came from: the alert's `auth.source`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthSource {
+    /// The `--jobs` files.
+    Inventory,
+    /// The Cloud Scheduler API.
+    SchedulerApi,
+    /// Neither had it.
+    Unavailable,
+}
+
+impl AuthSource {
+    /// The contract's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthSource::Inventory => "inventory",
+            AuthSource::SchedulerApi => "scheduler_api",
+            AuthSource::Unavailable => "unavailable",
+        }
+    }
+}
+
+/// A look-up's answer.
+#[derive(Debug, Clone)]
+pub struct Lookup {
+    /// The config, when found.
+    pub config: Option<Arc<JobConfig>>,
+    /// Where it came from.
+    pub source: AuthSource,
+    /// Why it is unavailable.
+    pub reason: Option<String>,
+}
+
+/// The job config sources.
+#[derive(Default)]
+pub struct Correlator {
+    inventory: Option<Inventory>,
+    api: Option<SchedulerApi>,
+}
+
+impl Correlator {
+    /// Inventory first, then the API; either may be absent.
+    pub fn new(inventory: Option<Inventory>, api: Option<SchedulerApi>) -> Self {
+        Correlator { inventory, api }
+    }
+
+    /// The job's config. `opening` asks the API for a fresh copy (an incident is opening).
+    pub fn lookup(&mut self, key: &JobKey, opening: bool) -> Lookup {
+        if let Some(config) = self.inventory.as_ref().and_then(|i| i.get(key)) {
+            return Lookup { config: Some(config), source: AuthSource::Inventory, reason: None };
+        }
+        match &mut self.api {
+            Some(api) => match api.get(key, opening) {
+                Ok(config) => Lookup { config: Some(config), source: AuthSource::SchedulerApi, reason: None },
+                Err(e) => Lookup { config: None, source: AuthSource::Unavailable, reason: Some(e.to_string()) },
+            },
+            None => Lookup {
+                config: None,
+                source: AuthSource::Unavailable,
+                reason: Some(match self.inventory {
+                    Some(_) => "not in the job inventory".into(),
+                    None => "no job inventory (--jobs) and the Cloud Scheduler API is not enabled".into(),
+                }),
+            },
+        }
+    }
+
+    /// API calls made and failed.
+    pub fn api_counts(&self) -> (u64, u64) {
+        self.api.as_ref().map_or((0, 0), |a| (a.calls, a.errors))
+    }
+}

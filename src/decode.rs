@@ -1,0 +1,603 @@
+//! Decode: a Cloud Logging `LogEntry` (JSON) → an [`Attempt`] (CONTRACT section 1).
+//!
+//! The decoder is lenient to what it does not need (unknown fields, extra labels, a status sent
+//! as a string) and strict about what it does: a usable job (all three labels) and a parseable
+//! event time. Everything it cannot use becomes a [`SkipReason`], which the pipeline counts.
+//!
+//! One input item may hold several entries: a Pub/Sub pull response carries a list of messages,
+//! a push envelope one message, and a message's `data` is the entry, base64-encoded.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use base64::Engine as _;
+use chrono::{DateTime, Utc};
+use serde::de::IgnoredAny;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::JobKey;
+
+/// The largest entry the decoder accepts. Cloud Logging caps an entry at 256 KiB; anything four
+/// times that is not an execution log, and holding it would break the memory bound.
+pub const MAX_ENTRY_BYTES: usize = 1024 * 1024;
+
+/// The resource type of Cloud Scheduler execution logs.
+const RESOURCE_TYPE: &str = "cloud_scheduler_job";
+
+/// Which record of a scheduler attempt an entry is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// `AttemptStarted`: read and ignored, it carries no outcome.
+    Started,
+    /// `AttemptFinished`: carries the outcome.
+    Finished,
+    /// A scheduler entry of another `@type`: ignored.
+    Other,
+}
+
+/// The outcome class of a finished attempt (CONTRACT section 1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// No `status` and an HTTP status in 200–299: resolves an incident.
+    Success,
+    /// `UNAUTHENTICATED` or HTTP 401.
+    Unauthenticated,
+    /// `PERMISSION_DENIED` or HTTP 403.
+    PermissionDenied,
+    /// 404, 5xx, `DEADLINE_EXCEEDED`, or nothing usable: neither counts nor resolves.
+    OtherFailure,
+}
+
+impl Outcome {
+    /// Whether the outcome counts toward an incident.
+    pub fn is_auth_failure(self) -> bool {
+        matches!(self, Outcome::Unauthenticated | Outcome::PermissionDenied)
+    }
+
+    /// The contract's spelling of an auth failure class.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Success => "success",
+            Outcome::Unauthenticated => "unauthenticated",
+            Outcome::PermissionDenied => "permission_denied",
+            Outcome::OtherFailure => "other_failure",
+        }
+    }
+}
+
+/// One decoded execution log entry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Attempt {
+    /// The job: `(project_id, location, job_id)` from the resource labels.
+    pub job: JobKey,
+    /// Started, finished, or another scheduler record.
+    pub phase: Phase,
+    /// The outcome class; meaningful for [`Phase::Finished`] only.
+    pub outcome: Outcome,
+    /// `jsonPayload.status`, the gRPC code name (absent on success).
+    pub status: Option<String>,
+    /// The HTTP status: `httpRequest.status`, else the `debugInfo` tail.
+    pub http_status: Option<u16>,
+    /// `jsonPayload.url`: what the job called.
+    pub url: Option<String>,
+    /// `jsonPayload.debugInfo`: shown to people, never branched on.
+    pub debug_info: Option<String>,
+    /// Event time: the entry's `timestamp`.
+    pub timestamp: DateTime<Utc>,
+    /// `insertId`.
+    pub insert_id: Option<String>,
+    /// Hash of `(logName, insertId, timestamp)`: the deduplication key.
+    pub dedup_key: u128,
+}
+
+/// Why an input item was skipped. The names are stable: they appear in summaries and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum SkipReason {
+    /// Not valid JSON (truncated, not UTF-8, or too deeply nested).
+    InvalidJson,
+    /// Valid JSON, but not an object (`null`, a number, a string, an array inside NDJSON).
+    NotAnObject,
+    /// An object, but not a Cloud Scheduler log entry (other resource type, or no resource).
+    NotSchedulerEntry,
+    /// A scheduler entry whose known fields have the wrong types.
+    MalformedEntry,
+    /// A scheduler entry without `project_id`, `location` or `job_id`.
+    MissingJobLabels,
+    /// A missing or unparseable `timestamp`.
+    BadTimestamp,
+    /// A Pub/Sub message whose `data` is missing or not base64.
+    BadPubsubMessage,
+    /// Larger than [`MAX_ENTRY_BYTES`].
+    TooLarge,
+}
+
+impl SkipReason {
+    /// Every reason, in a stable order for summaries.
+    pub const ALL: [SkipReason; 8] = [
+        SkipReason::InvalidJson,
+        SkipReason::NotAnObject,
+        SkipReason::NotSchedulerEntry,
+        SkipReason::MalformedEntry,
+        SkipReason::MissingJobLabels,
+        SkipReason::BadTimestamp,
+        SkipReason::BadPubsubMessage,
+        SkipReason::TooLarge,
+    ];
+
+    /// The stable name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SkipReason::InvalidJson => "invalid_json",
+            SkipReason::NotAnObject => "not_an_object",
+            SkipReason::NotSchedulerEntry => "not_a_scheduler_entry",
+            SkipReason::MalformedEntry => "malformed_entry",
+            SkipReason::MissingJobLabels => "missing_job_labels",
+            SkipReason::BadTimestamp => "bad_timestamp",
+            SkipReason::BadPubsubMessage => "bad_pubsub_message",
+            SkipReason::TooLarge => "too_large",
+        }
+    }
+
+    /// What a person should know about items skipped for this reason.
+    pub fn explain(self) -> &'static str {
+        match self {
+            SkipReason::InvalidJson => "not valid JSON (truncated, not UTF-8, or nested too deeply)",
+            SkipReason::NotAnObject => "a JSON value that is not an object",
+            SkipReason::NotSchedulerEntry => "not a Cloud Scheduler log entry (resource.type is not cloud_scheduler_job); check the log sink's filter",
+            SkipReason::MalformedEntry => "a scheduler entry whose fields have unexpected types",
+            SkipReason::MissingJobLabels => "resource.labels lacks project_id, location or job_id",
+            SkipReason::BadTimestamp => "timestamp missing or not RFC 3339",
+            SkipReason::BadPubsubMessage => "a Pub/Sub message whose data is missing or not base64",
+            SkipReason::TooLarge => "larger than 1 MiB, far above Cloud Logging's 256 KiB entry limit",
+        }
+    }
+}
+
+impl fmt::Display for SkipReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What one entry decoded to.
+pub type Decoded = Result<Attempt, SkipReason>;
+
+// The shapes read from the JSON. Borrowed where the text has no escapes, so the common case
+// copies nothing it does not keep; every field optional, unknown fields ignored.
+
+/// A JSON string borrowed from the input when it has no escapes, copied when it has.
+/// (serde's own `Cow<str>` inside an `Option` always copies.)
+#[derive(Debug)]
+struct Text<'a>(Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Text<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Text(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Text(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+                Ok(Text(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+impl Text<'_> {
+    fn into_owned(self) -> String {
+        self.0.into_owned()
+    }
+}
+
+impl std::ops::Deref for Text<'_> {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+#[derive(Deserialize)]
+struct RawItem<'a> {
+    #[serde(borrow, default, rename = "logName")]
+    log_name: Option<Text<'a>>,
+    #[serde(borrow, default, rename = "insertId")]
+    insert_id: Option<Text<'a>>,
+    #[serde(borrow, default)]
+    timestamp: Option<Text<'a>>,
+    #[serde(borrow, default)]
+    resource: Option<RawResource<'a>>,
+    #[serde(borrow, default, rename = "jsonPayload")]
+    payload: Option<RawPayload<'a>>,
+    #[serde(default, rename = "httpRequest")]
+    http_request: Option<RawHttp>,
+    // Pub/Sub shapes: a push envelope or a received message (`message`), a pull response
+    // (`receivedMessages`), or a bare message (`data`).
+    #[serde(borrow, default)]
+    message: Option<&'a RawValue>,
+    #[serde(borrow, default, rename = "receivedMessages")]
+    received_messages: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    data: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct RawResource<'a> {
+    #[serde(borrow, default, rename = "type")]
+    kind: Option<Text<'a>>,
+    #[serde(borrow, default)]
+    labels: Option<RawLabels<'a>>,
+}
+
+#[derive(Deserialize)]
+struct RawLabels<'a> {
+    #[serde(borrow, default)]
+    project_id: Option<Text<'a>>,
+    #[serde(borrow, default)]
+    location: Option<Text<'a>>,
+    #[serde(borrow, default)]
+    job_id: Option<Text<'a>>,
+}
+
+#[derive(Deserialize)]
+struct RawPayload<'a> {
+    #[serde(borrow, default, rename = "@type")]
+    kind: Option<Text<'a>>,
+    #[serde(borrow, default)]
+    status: Option<Text<'a>>,
+    #[serde(borrow, default)]
+    url: Option<Text<'a>>,
+    #[serde(borrow, default, rename = "debugInfo")]
+    debug_info: Option<Text<'a>>,
+}
+
+#[derive(Deserialize)]
+struct RawHttp {
+    #[serde(default, deserialize_with = "lenient_status")]
+    status: Option<u16>,
+}
+
+/// `httpRequest.status` is a number; accept a numeric string too, ignore anything else.
+fn lenient_status<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u16>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Status<'a> {
+        N(u64),
+        S(&'a str),
+        Other(IgnoredAny),
+    }
+    Ok(match Status::deserialize(d)? {
+        Status::N(n) => u16::try_from(n).ok(),
+        Status::S(s) => s.trim().parse().ok(),
+        Status::Other(_) => None,
+    })
+}
+
+#[derive(Deserialize)]
+struct RawMessage<'a> {
+    #[serde(borrow, default)]
+    data: Option<Text<'a>>,
+}
+
+#[derive(Deserialize)]
+struct RawReceived<'a> {
+    #[serde(borrow, default)]
+    message: Option<&'a RawValue>,
+}
+
+/// Turns input bytes into attempts. Stateless: one decoder serves every source.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Decoder;
+
+impl Decoder {
+    /// Decodes one input item — a LogEntry, a Pub/Sub message, push envelope or pull response —
+    /// appending one result per entry it holds to `out`.
+    pub fn decode_item(&self, bytes: &[u8], out: &mut Vec<Decoded>) {
+        self.decode_nested(bytes, out, 0)
+    }
+
+    /// Decodes the `data` of a Pub/Sub message (raw bytes, as the gRPC client hands it over):
+    /// exactly one LogEntry.
+    pub fn decode_message_data(&self, data: &[u8]) -> Decoded {
+        if data.len() > MAX_ENTRY_BYTES {
+            return Err(SkipReason::TooLarge);
+        }
+        let item: RawItem = serde_json::from_slice(data).map_err(|_| classify(data))?;
+        entry(item)
+    }
+
+    fn decode_nested(&self, bytes: &[u8], out: &mut Vec<Decoded>, depth: u8) {
+        if bytes.len() > MAX_ENTRY_BYTES && depth > 0 {
+            out.push(Err(SkipReason::TooLarge));
+            return;
+        }
+        let item: RawItem = match serde_json::from_slice(bytes) {
+            Ok(item) => item,
+            Err(_) => return out.push(Err(classify(bytes))),
+        };
+        // A Pub/Sub wrapper never has a resource; a LogEntry never has these keys at the top.
+        if item.resource.is_none() && depth < 2 {
+            if let Some(list) = item.received_messages {
+                return self.decode_received(list.get().as_bytes(), out, depth);
+            }
+            if let Some(message) = item.message {
+                return self.decode_message(message.get().as_bytes(), out, depth);
+            }
+            if item.data.is_some() {
+                return self.decode_message(bytes, out, depth);
+            }
+        }
+        out.push(entry(item));
+    }
+
+    fn decode_received(&self, list: &[u8], out: &mut Vec<Decoded>, depth: u8) {
+        match serde_json::from_slice::<Vec<RawReceived>>(list) {
+            Ok(received) => {
+                for r in received {
+                    match r.message {
+                        Some(m) => self.decode_message(m.get().as_bytes(), out, depth),
+                        None => out.push(Err(SkipReason::BadPubsubMessage)),
+                    }
+                }
+            }
+            Err(_) => out.push(Err(SkipReason::BadPubsubMessage)),
+        }
+    }
+
+    fn decode_message(&self, message: &[u8], out: &mut Vec<Decoded>, depth: u8) {
+        let data = serde_json::from_slice::<RawMessage>(message)
+            .ok()
+            .and_then(|m| m.data)
+            .and_then(|d| base64::engine::general_purpose::STANDARD.decode(d.trim()).ok());
+        match data {
+            Some(data) => self.decode_nested(&data, out, depth + 1),
+            None => out.push(Err(SkipReason::BadPubsubMessage)),
+        }
+    }
+}
+
+/// Why bytes that failed the typed parse were rejected.
+fn classify(bytes: &[u8]) -> SkipReason {
+    match serde_json::from_slice::<serde_json::Value>(bytes) {
+        Err(_) => SkipReason::InvalidJson,
+        Ok(serde_json::Value::Object(o)) => {
+            let scheduler = o
+                .get("resource")
+                .and_then(|r| r.get("type"))
+                .and_then(|t| t.as_str())
+                == Some(RESOURCE_TYPE);
+            if scheduler {
+                SkipReason::MalformedEntry
+            } else {
+                SkipReason::NotSchedulerEntry
+            }
+        }
+        Ok(_) => SkipReason::NotAnObject,
+    }
+}
+
+fn entry(item: RawItem<'_>) -> Decoded {
+    let resource = item.resource.ok_or(SkipReason::NotSchedulerEntry)?;
+    if resource.kind.as_deref() != Some(RESOURCE_TYPE) {
+        return Err(SkipReason::NotSchedulerEntry);
+    }
+    let labels = resource.labels.ok_or(SkipReason::MissingJobLabels)?;
+    let nonempty = |l: Option<Text<'_>>| l.filter(|s| !s.is_empty()).map(Text::into_owned);
+    let (Some(project), Some(location), Some(job_id)) =
+        (nonempty(labels.project_id), nonempty(labels.location), nonempty(labels.job_id))
+    else {
+        return Err(SkipReason::MissingJobLabels);
+    };
+    let ts_text = item.timestamp.ok_or(SkipReason::BadTimestamp)?;
+    let timestamp = parse_timestamp(&ts_text).ok_or(SkipReason::BadTimestamp)?;
+
+    let payload = item.payload;
+    let phase = match payload.as_ref().and_then(|p| p.kind.as_deref()) {
+        Some(t) if t.ends_with("AttemptFinished") => Phase::Finished,
+        Some(t) if t.ends_with("AttemptStarted") => Phase::Started,
+        _ => Phase::Other,
+    };
+    let (status, url, debug_info) = match payload {
+        Some(p) => (p.status, p.url, p.debug_info),
+        None => (None, None, None),
+    };
+    let http_status = item
+        .http_request
+        .and_then(|h| h.status)
+        .or_else(|| debug_info.as_deref().and_then(debug_info_code));
+    let outcome = classify_outcome(status.as_deref(), http_status);
+    let dedup_key = dedup_key(item.log_name.as_deref(), item.insert_id.as_deref(), &ts_text);
+    Ok(Attempt {
+        job: JobKey { project, location, job_id },
+        phase,
+        outcome,
+        status: status.map(Text::into_owned),
+        http_status,
+        url: url.map(Text::into_owned),
+        debug_info: debug_info.map(Text::into_owned),
+        timestamp,
+        insert_id: item.insert_id.map(Text::into_owned),
+        dedup_key,
+    })
+}
+
+/// CONTRACT section 1: `status` first, then the HTTP status (from `httpRequest` or the
+/// `debugInfo` tail).
+pub fn classify_outcome(status: Option<&str>, http: Option<u16>) -> Outcome {
+    match status {
+        Some("UNAUTHENTICATED") => Outcome::Unauthenticated,
+        Some("PERMISSION_DENIED") => Outcome::PermissionDenied,
+        Some(s) if !s.is_empty() => Outcome::OtherFailure,
+        _ => match http {
+            Some(200..=299) => Outcome::Success,
+            Some(401) => Outcome::Unauthenticated,
+            Some(403) => Outcome::PermissionDenied,
+            _ => Outcome::OtherFailure,
+        },
+    }
+}
+
+/// The `N` of `… Original HTTP response code number = N`.
+fn debug_info_code(text: &str) -> Option<u16> {
+    let (_, tail) = text.rsplit_once("response code number =")?;
+    tail.trim().trim_end_matches('.').parse().ok()
+}
+
+/// RFC 3339 with any fraction (Cloud Logging prints up to nanoseconds) and any offset.
+pub fn parse_timestamp(text: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(text).ok().map(|t| t.with_timezone(&Utc))
+}
+
+/// The deduplication key of CONTRACT section 1: `(logName, insertId, timestamp)`, hashed to
+/// 128 bits so the dedup window stores 16 bytes an entry (a collision needs ~2^64 entries).
+pub fn dedup_key(log_name: Option<&str>, insert_id: Option<&str>, timestamp: &str) -> u128 {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    for part in [log_name, insert_id, Some(timestamp)] {
+        match part {
+            Some(s) => {
+                h.update(&[1]);
+                h.update(&(s.len() as u64).to_le_bytes());
+                h.update(s.as_bytes());
+            }
+            None => h.update(&[0]),
+        }
+    }
+    h.digest128()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture(name: &str) -> Vec<u8> {
+        let path = format!("{}/../shared/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+        std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+    }
+
+    fn one(bytes: &[u8]) -> Decoded {
+        let mut out = Vec::new();
+        Decoder.decode_item(bytes, &mut out);
+        assert_eq!(out.len(), 1, "one entry expected");
+        out.pop().unwrap()
+    }
+
+    #[test]
+    fn decodes_a_401_from_the_cloud_run_admin_api() {
+        let a = one(&fixture("logs/attempt_finished_401_oidc_run_job.json")).unwrap();
+        assert_eq!(a.job, JobKey::new("acme-data-prod", "europe-west1", "nightly-etl-trigger"));
+        assert_eq!(a.phase, Phase::Finished);
+        assert_eq!(a.outcome, Outcome::Unauthenticated);
+        assert_eq!(a.status.as_deref(), Some("UNAUTHENTICATED"));
+        assert_eq!(a.http_status, Some(401));
+        assert!(a.url.unwrap().ends_with("jobs/nightly-etl:run"));
+        assert!(a.debug_info.unwrap().starts_with("URL_ERROR-ERROR_AUTHENTICATION"));
+        assert_eq!(a.timestamp.to_rfc3339(), "2026-03-02T02:00:07.298114+00:00");
+        assert_eq!(a.insert_id.as_deref(), Some("1q3w5e7r9t1y3u"));
+    }
+
+    #[test]
+    fn classifies_every_fixture_outcome() {
+        let cases = [
+            ("logs/attempt_finished_200_success.json", Outcome::Success),
+            ("logs/attempt_finished_401_no_auth_googleapis.json", Outcome::Unauthenticated),
+            ("logs/attempt_finished_401_oauth_to_run_app.json", Outcome::Unauthenticated),
+            ("logs/attempt_finished_401_oidc_wrong_audience.json", Outcome::Unauthenticated),
+            ("logs/attempt_finished_403_permission_denied.json", Outcome::PermissionDenied),
+            ("logs/attempt_finished_404_not_found.json", Outcome::OtherFailure),
+            ("logs/attempt_finished_500_internal.json", Outcome::OtherFailure),
+            ("logs/attempt_finished_503_unavailable.json", Outcome::OtherFailure),
+            ("logs/attempt_finished_504_deadline_exceeded.json", Outcome::OtherFailure),
+        ];
+        for (name, want) in cases {
+            let a = one(&fixture(name)).unwrap();
+            assert_eq!((a.phase, a.outcome), (Phase::Finished, want), "{name}");
+        }
+        let started = one(&fixture("logs/attempt_started_run_job.json")).unwrap();
+        assert_eq!(started.phase, Phase::Started);
+        // Nanosecond precision survives.
+        assert_eq!(started.timestamp.timestamp_subsec_nanos(), 412_903_114);
+    }
+
+    #[test]
+    fn outcome_order_is_status_then_http_then_debug_info() {
+        assert_eq!(classify_outcome(Some("PERMISSION_DENIED"), Some(401)), Outcome::PermissionDenied);
+        assert_eq!(classify_outcome(Some("DEADLINE_EXCEEDED"), Some(200)), Outcome::OtherFailure);
+        assert_eq!(classify_outcome(None, Some(204)), Outcome::Success);
+        assert_eq!(classify_outcome(None, None), Outcome::OtherFailure);
+        let e = br#"{"resource":{"type":"cloud_scheduler_job","labels":{"project_id":"p","location":"l","job_id":"j"}},
+            "timestamp":"2026-01-01T00:00:00Z","jsonPayload":{"@type":"x.AttemptFinished",
+            "debugInfo":"URL_ERROR-ERROR_AUTHENTICATION. Original HTTP response code number = 401"}}"#;
+        let a = one(e).unwrap();
+        assert_eq!((a.http_status, a.outcome), (Some(401), Outcome::Unauthenticated));
+    }
+
+    #[test]
+    fn unwraps_pubsub_pull_responses_and_push_envelopes() {
+        for name in ["pubsub/pull_response_401.json", "pubsub/push_envelope_401.json"] {
+            let a = one(&fixture(name)).unwrap();
+            assert_eq!(a.outcome, Outcome::Unauthenticated, "{name}");
+            assert_eq!(a.job.job_id, "nightly-etl-trigger");
+        }
+        let direct = one(&fixture("logs/attempt_finished_401_oidc_run_job.json")).unwrap();
+        let pushed = one(&fixture("pubsub/push_envelope_401.json")).unwrap();
+        assert_eq!(direct.dedup_key, pushed.dedup_key, "the same entry, however it came");
+    }
+
+    #[test]
+    fn accepts_a_status_sent_as_a_string_and_unknown_fields() {
+        let e = br#"{"resource":{"type":"cloud_scheduler_job","labels":{"project_id":"p","location":"l","job_id":"j","extra":"x"}},
+            "timestamp":"2026-01-01T00:00:00.5+01:00","future":{"a":[1,2]},"httpRequest":{"status":"403","latency":"1s"},
+            "jsonPayload":{"@type":"x.AttemptFinished","new":true}}"#;
+        let a = one(e).unwrap();
+        assert_eq!(a.outcome, Outcome::PermissionDenied);
+        assert_eq!(a.timestamp.to_rfc3339(), "2025-12-31T23:00:00.500+00:00");
+    }
+
+    #[test]
+    fn names_the_reason_for_each_rejection() {
+        let cases: [(&[u8], SkipReason); 12] = [
+            (b"{\"resource\": {", SkipReason::InvalidJson),
+            (b"\xff\xfe{}", SkipReason::InvalidJson),
+            (b"null", SkipReason::NotAnObject),
+            (b"[1,2]", SkipReason::NotAnObject),
+            (b"\"a string\"", SkipReason::NotAnObject),
+            (b"{}", SkipReason::NotSchedulerEntry),
+            (br#"{"resource":{"type":"gce_instance","labels":{}},"timestamp":"2026-01-01T00:00:00Z"}"#, SkipReason::NotSchedulerEntry),
+            (br#"{"resource":{"type":"cloud_scheduler_job","labels":{"project_id":"p","location":"l"}},"timestamp":"2026-01-01T00:00:00Z"}"#, SkipReason::MissingJobLabels),
+            (br#"{"resource":{"type":"cloud_scheduler_job"},"timestamp":"2026-01-01T00:00:00Z"}"#, SkipReason::MissingJobLabels),
+            (br#"{"resource":{"type":"cloud_scheduler_job","labels":{"project_id":"p","location":"l","job_id":"j"}},"timestamp":"yesterday"}"#, SkipReason::BadTimestamp),
+            (br#"{"resource":{"type":"cloud_scheduler_job","labels":"p/l/j"},"timestamp":"2026-01-01T00:00:00Z"}"#, SkipReason::MalformedEntry),
+            (br#"{"message":{"data":"not base64!"}}"#, SkipReason::BadPubsubMessage),
+        ];
+        for (bytes, want) in cases {
+            assert_eq!(one(bytes).unwrap_err(), want, "{}", String::from_utf8_lossy(bytes));
+        }
+    }
+
+    #[test]
+    fn deep_nesting_is_skipped_not_a_stack_overflow() {
+        // Skipped as an unknown field: never a crash.
+        let deep = format!("{{\"a\":{}{}}}", "[".repeat(100_000), "]".repeat(100_000));
+        assert_eq!(one(deep.as_bytes()).unwrap_err(), SkipReason::NotSchedulerEntry);
+        // Where a known field is nested too deeply, serde_json's recursion limit stops it.
+        let deep = format!("{{\"resource\":{}{}}}", "[".repeat(100_000), "]".repeat(100_000));
+        assert_eq!(one(deep.as_bytes()).unwrap_err(), SkipReason::InvalidJson);
+    }
+
+    #[test]
+    fn dedup_key_separates_its_parts() {
+        assert_ne!(dedup_key(Some("ab"), Some("c"), "t"), dedup_key(Some("a"), Some("bc"), "t"));
+        assert_ne!(dedup_key(None, Some("x"), "t"), dedup_key(Some("x"), None, "t"));
+        assert_eq!(dedup_key(Some("l"), Some("i"), "t"), dedup_key(Some("l"), Some("i"), "t"));
+    }
+}

@@ -1,0 +1,352 @@
+//! Fixes: a paste-ready `gcloud` command and the Terraform equivalent, from the job's own values.
+//!
+//! Every gcloud command names `--project` and `--location`/`--region`, and the tests run each
+//! through the real gcloud CLI's argument parser; every Terraform snippet is parsed as HCL.
+//! Where the config does not name a value, a clearly marked placeholder stands in its place
+//! (`SERVICE_ACCOUNT_EMAIL`, `PROJECT_NUMBER`, `SERVICE_NAME`).
+
+use serde::{Deserialize, Serialize};
+
+use super::target::{self, Invoked, TargetKind};
+use super::{AuthFacts, Code};
+use crate::correlate::JobConfig;
+use crate::JobKey;
+
+/// A fix, as the alert carries it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fix {
+    /// Shell lines: comments (`#`) and gcloud commands, continuation lines ending in `\`.
+    pub gcloud: String,
+    /// HCL.
+    pub terraform: String,
+}
+
+/// The placeholder for an unknown service account.
+pub const SA_PLACEHOLDER: &str = "SERVICE_ACCOUNT_EMAIL";
+/// The OAuth scope every Google API accepts.
+pub const CLOUD_PLATFORM: &str = "https://www.googleapis.com/auth/cloud-platform";
+
+/// The values a fix is built from.
+pub struct Facts<'a> {
+    job: &'a JobKey,
+    config: Option<&'a JobConfig>,
+    uri: &'a str,
+    kind: TargetKind,
+    sa: String,
+}
+
+impl<'a> Facts<'a> {
+    /// Gathers the facts; the service account falls back to the placeholder.
+    pub fn new(job: &'a JobKey, config: Option<&'a JobConfig>, uri: &'a str, kind: TargetKind, auth: &AuthFacts) -> Self {
+        let sa = auth.service_account.clone().unwrap_or_else(|| SA_PLACEHOLDER.to_owned());
+        Facts { job, config, uri, kind, sa }
+    }
+
+    /// The audience an ID token for this target should carry: the origin for Cloud Run and
+    /// other endpoints, the function URL for Cloud Functions (1st gen checks the full URL).
+    fn audience(&self) -> String {
+        match self.kind {
+            TargetKind::CloudFunctions => target::without_query(self.uri),
+            _ => target::origin_url(self.uri).unwrap_or_else(|| "https://TARGET_ORIGIN".into()),
+        }
+    }
+
+    fn body_has_overrides(&self) -> bool {
+        self.config.and_then(|c| c.http()).and_then(|h| h.body.as_deref()).is_some_and(|b| b.contains("overrides"))
+    }
+}
+
+/// The fix for a code.
+pub fn render(code: Code, f: &Facts<'_>) -> Fix {
+    match code {
+        Code::AuthConfigUnavailable => Fix { gcloud: describe_job(f), terraform: import_block(f.job) },
+        Code::MissingAuthToken if f.kind.wants_oauth() => switch_token(f, Token::OAuth),
+        Code::MissingAuthToken => switch_token(f, Token::Oidc),
+        Code::OidcTokenForGoogleApi => switch_token(f, Token::OAuth),
+        Code::OauthTokenForNonGoogleTarget | Code::OidcAudienceMismatch => switch_token(f, Token::Oidc),
+        Code::MissingInvokerPermission => grant_invoker(f),
+        Code::UnexplainedAuthFailure => {
+            let mut gcloud = describe_job(f);
+            if f.sa != SA_PLACEHOLDER {
+                gcloud.push_str(&format!(
+                    "\n# Does the service account exist, and is it enabled?\ngcloud iam service-accounts describe {} --project={}",
+                    sh(&f.sa),
+                    sh(&sa_project(&f.sa).unwrap_or_else(|| f.job.project.clone()))
+                ));
+            }
+            Fix { gcloud, terraform: import_block(f.job) }
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Token {
+    OAuth,
+    Oidc,
+}
+
+/// `gcloud scheduler jobs update http` with the token the target needs, and the job resource
+/// with that token.
+fn switch_token(f: &Facts<'_>, token: Token) -> Fix {
+    let j = f.job;
+    let flags = match token {
+        Token::OAuth => format!("--oauth-service-account-email={} \\\n  --oauth-token-scope={CLOUD_PLATFORM}", sh(&f.sa)),
+        Token::Oidc => format!("--oidc-service-account-email={} \\\n  --oidc-token-audience={}", sh(&f.sa), sh(&f.audience())),
+    };
+    let gcloud = format!(
+        "gcloud scheduler jobs update http {} \\\n  --project={} \\\n  --location={} \\\n  {flags}",
+        sh(&j.job_id),
+        sh(&j.project),
+        sh(&j.location)
+    );
+    let token_block = match token {
+        Token::OAuth => format!(
+            "    oauth_token {{\n      service_account_email = {}\n      scope                 = {}\n    }}\n",
+            hcl(&f.sa),
+            hcl(CLOUD_PLATFORM)
+        ),
+        Token::Oidc => format!(
+            "    oidc_token {{\n      service_account_email = {}\n      audience              = {}\n    }}\n",
+            hcl(&f.sa),
+            hcl(&f.audience())
+        ),
+    };
+    let http = f.config.and_then(|c| c.http());
+    let method = http.and_then(|h| h.http_method.clone()).unwrap_or_else(|| "POST".into());
+    let schedule = f.config.and_then(|c| c.schedule.clone()).unwrap_or_else(|| "SCHEDULE".into());
+    let time_zone = f.config.and_then(|c| c.time_zone.clone()).unwrap_or_else(|| "Etc/UTC".into());
+    let terraform = format!(
+        "resource \"google_cloud_scheduler_job\" {} {{\n  project   = {}\n  region    = {}\n  name      = {}\n  schedule  = {}\n  time_zone = {}\n\n  http_target {{\n    uri         = {}\n    http_method = {}\n\n{token_block}  }}\n}}\n",
+        hcl(&tf_name(&j.job_id)),
+        hcl(&j.project),
+        hcl(&j.location),
+        hcl(&j.job_id),
+        hcl(&schedule),
+        hcl(&time_zone),
+        hcl(f.uri),
+        hcl(&method),
+    );
+    Fix { gcloud, terraform }
+}
+
+/// The invoker grant on whatever the target invokes.
+fn grant_invoker(f: &Facts<'_>) -> Fix {
+    let j = f.job;
+    let member = format!("serviceAccount:{}", f.sa);
+    if let Some(crate::correlate::Target::PubSub { topic }) = f.config.map(|c| &c.target) {
+        let topic = topic.clone().unwrap_or_else(|| format!("projects/{}/topics/TOPIC", j.project));
+        let agent = format!("serviceAccount:service-PROJECT_NUMBER@gcp-sa-cloudscheduler.iam.gserviceaccount.com");
+        let gcloud = format!(
+            "# Cloud Scheduler publishes as its service agent; PROJECT_NUMBER is {}'s number.\n\
+             gcloud pubsub topics add-iam-policy-binding {} \\\n  --project={} \\\n  --member={} \\\n  --role=roles/pubsub.publisher",
+            j.project,
+            sh(&topic),
+            sh(&j.project),
+            sh(&agent)
+        );
+        let terraform = iam_member("google_pubsub_topic_iam_member", &j.job_id, &[("project", &j.project), ("topic", &topic)], "roles/pubsub.publisher", &agent);
+        return Fix { gcloud, terraform };
+    }
+    let location = j.location.as_str();
+    match Invoked::of(f.uri) {
+        Invoked::RunJob { project, region, name } => {
+            let region = region.unwrap_or_else(|| location.to_owned());
+            let (role, note) = if f.body_has_overrides() {
+                (
+                    "roles/run.developer",
+                    "# The request body carries overrides: roles/run.invoker grants run.jobs.run but not\n# run.jobs.runWithOverrides, which roles/run.developer includes.\n",
+                )
+            } else {
+                ("roles/run.invoker", "")
+            };
+            let gcloud = format!(
+                "{note}gcloud run jobs add-iam-policy-binding {} \\\n  --project={} \\\n  --region={} \\\n  --member={} \\\n  --role={role}",
+                sh(&name),
+                sh(&project),
+                sh(&region),
+                sh(&member)
+            );
+            let terraform = iam_member(
+                "google_cloud_run_v2_job_iam_member",
+                &name,
+                &[("project", &project), ("location", &region), ("name", &name)],
+                role,
+                &member,
+            );
+            Fix { gcloud, terraform }
+        }
+        Invoked::RunService { name, region } => {
+            let note = if region.is_none() {
+                format!("# The URL does not name the service's region; {location} (the job's) is assumed.\n")
+            } else {
+                String::new()
+            };
+            let region = region.unwrap_or_else(|| location.to_owned());
+            run_service_grant(&note, &name, &j.project, &region, &member)
+        }
+        Invoked::Function { region, name } => {
+            let region = region.unwrap_or_else(|| location.to_owned());
+            let note = format!(
+                "# 2nd gen functions run as a Cloud Run service of the same name, so it takes roles/run.invoker.\n\
+                 # 1st gen instead: gcloud functions add-iam-policy-binding {name} --project={} --region={region} --member={member} --role=roles/cloudfunctions.invoker\n",
+                j.project
+            );
+            run_service_grant(&note, &name, &j.project, &region, &member)
+        }
+        Invoked::Unknown if f.kind == TargetKind::GoogleApi => {
+            let gcloud = format!(
+                "# Grant the role the API needs to run this call, e.g. roles/run.invoker for Cloud Run,\n\
+                 # roles/workflows.invoker for Workflows, roles/cloudfunctions.invoker for Cloud Functions.\n\
+                 gcloud projects add-iam-policy-binding {} \\\n  --member={} \\\n  --role=ROLE_FOR_THE_API",
+                sh(&j.project),
+                sh(&member)
+            );
+            let terraform = iam_member("google_project_iam_member", &j.job_id, &[("project", &j.project)], "ROLE_FOR_THE_API", &member);
+            Fix { gcloud, terraform }
+        }
+        Invoked::Unknown => {
+            let note = "# The target is not a run.app URL: if it is a Cloud Run service behind a custom domain or load\n\
+                        # balancer, grant on that service (SERVICE_NAME); otherwise the target's own auth refused the caller.\n";
+            run_service_grant(note, "SERVICE_NAME", &j.project, location, &member)
+        }
+    }
+}
+
+fn run_service_grant(note: &str, name: &str, project: &str, region: &str, member: &str) -> Fix {
+    let gcloud = format!(
+        "{note}gcloud run services add-iam-policy-binding {} \\\n  --project={} \\\n  --region={} \\\n  --member={} \\\n  --role=roles/run.invoker",
+        sh(name),
+        sh(project),
+        sh(region),
+        sh(member)
+    );
+    let terraform = iam_member(
+        "google_cloud_run_v2_service_iam_member",
+        name,
+        &[("project", project), ("location", region), ("name", name)],
+        "roles/run.invoker",
+        member,
+    );
+    Fix { gcloud, terraform }
+}
+
+fn iam_member(resource: &str, name: &str, scope: &[(&str, &str)], role: &str, member: &str) -> String {
+    let mut out = format!("resource {} {} {{\n", hcl(resource), hcl(&format!("{}_invoker", tf_name(name))));
+    for (k, v) in scope {
+        out.push_str(&format!("  {k:<8} = {}\n", hcl(v)));
+    }
+    out.push_str(&format!("  {:<8} = {}\n  {:<8} = {}\n}}\n", "role", hcl(role), "member", hcl(member)));
+    out
+}
+
+fn describe_job(f: &Facts<'_>) -> String {
+    let j = f.job;
+    format!(
+        "# Read the job's auth config (httpTarget.oidcToken / oauthToken); save the output as\n\
+         # {}.json and run `schedwatch audit --jobs {}.json` to name the cause.\n\
+         gcloud scheduler jobs describe {} --project={} --location={} --format=json",
+        j.job_id,
+        j.job_id,
+        sh(&j.job_id),
+        sh(&j.project),
+        sh(&j.location)
+    )
+}
+
+fn import_block(j: &JobKey) -> String {
+    format!(
+        "# Bring the job under Terraform to see and change its auth config:\nimport {{\n  to = google_cloud_scheduler_job.{}\n  id = {}\n}}\n",
+        tf_name(&j.job_id),
+        hcl(&j.name())
+    )
+}
+
+/// A service account's project: `NAME@PROJECT.iam.gserviceaccount.com`.
+fn sa_project(sa: &str) -> Option<String> {
+    sa.split_once('@')?.1.strip_suffix(".iam.gserviceaccount.com").map(str::to_owned)
+}
+
+/// A shell word: as it is when it holds only safe characters, single-quoted otherwise.
+pub fn sh(s: &str) -> String {
+    let safe = !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:/@=+,%".contains(&b));
+    if safe {
+        s.to_owned()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
+
+/// An HCL string literal, with template sequences escaped.
+pub fn hcl(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '$' | '%' if chars.peek() == Some(&'{') => {
+                out.push(c);
+                out.push(c);
+            }
+            c if c.is_control() => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// A Terraform resource name: letters, digits, `_` and `-`, starting with a letter or `_`.
+pub fn tf_name(id: &str) -> String {
+    let mut name: String = id.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '_' }).collect();
+    if !name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_') {
+        name.insert(0, '_');
+    }
+    name
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shell_words_are_quoted_only_when_needed() {
+        assert_eq!(sh("https://x.example/a:run"), "https://x.example/a:run");
+        assert_eq!(sh("a b"), "'a b'");
+        assert_eq!(sh("it's"), r"'it'\''s'");
+        assert_eq!(sh("x;rm -rf /"), "'x;rm -rf /'");
+        assert_eq!(sh(""), "''");
+    }
+
+    #[test]
+    fn hcl_strings_escape_templates_and_quotes() {
+        assert_eq!(hcl(r#"a"b\c"#), r#""a\"b\\c""#);
+        assert_eq!(hcl("${x} %{y} $z"), r#""$${x} %%{y} $z""#);
+        assert_eq!(tf_name("1-job.x"), "_1-job_x");
+    }
+
+    #[test]
+    fn the_seed_case_gets_the_oauth_switch_and_nothing_else() {
+        let key = JobKey::new("acme", "us-east1", "commit-worker");
+        let auth = AuthFacts {
+            source: crate::correlate::AuthSource::Inventory,
+            token: "oidc".into(),
+            service_account: Some("sa@acme.iam.gserviceaccount.com".into()),
+            audience: None,
+            scope: None,
+        };
+        let uri = "https://us-east1-run.googleapis.com/apis/run.googleapis.com/v1/namespaces/acme/jobs/commit-worker:run";
+        let fix = render(Code::OidcTokenForGoogleApi, &Facts::new(&key, None, uri, TargetKind::GoogleApi, &auth));
+        assert!(fix.gcloud.starts_with("gcloud scheduler jobs update http commit-worker \\\n  --project=acme \\\n  --location=us-east1"));
+        assert!(fix.gcloud.contains("--oauth-service-account-email=sa@acme.iam.gserviceaccount.com"));
+        assert!(fix.gcloud.contains("--oauth-token-scope=https://www.googleapis.com/auth/cloud-platform"));
+        for never in ["audience", "add-iam-policy-binding", "keys create", "oidc"] {
+            assert!(!fix.gcloud.contains(never), "{never} in {}", fix.gcloud);
+        }
+        assert!(fix.terraform.contains("oauth_token {") && !fix.terraform.contains("oidc_token"));
+    }
+}

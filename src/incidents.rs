@@ -1,0 +1,250 @@
+//! Incidents: CONTRACT section 2 as a pure state machine.
+//!
+//! `(state, failure or success, diagnosis) → (state, events)`. Nothing here reads the clock or
+//! does I/O: every decision uses the entry's event time, so replay, tests and production take
+//! the same path, and the state serialises as it is into a store.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::decode::Outcome;
+use crate::diagnose::Diagnosis;
+use crate::JobKey;
+
+/// The incident rules a user tunes (`[incidents]` in the config file).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IncidentRules {
+    /// Auth failures that make an incident fire when nothing confirms the cause.
+    pub min_failures: u32,
+    /// Fire at the first failure when the job's own config confirms the cause.
+    pub fire_on_confirmed: bool,
+    /// While failing, notify again once a failure is this long after the last notification.
+    #[serde(with = "humantime_serde")]
+    pub repeat_interval: Duration,
+}
+
+impl Default for IncidentRules {
+    fn default() -> Self {
+        IncidentRules { min_failures: 3, fire_on_confirmed: true, repeat_interval: Duration::from_secs(4 * 3600) }
+    }
+}
+
+/// The latest failure of an incident: what its notifications describe.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Failure {
+    /// `unauthenticated` or `permission_denied`.
+    pub outcome: Outcome,
+    /// The gRPC status name, when logged.
+    pub status: Option<String>,
+    /// The HTTP status, when known.
+    pub http_status: Option<u16>,
+    /// The URL the job called, from the log.
+    pub url: Option<String>,
+    /// Event time.
+    pub at: DateTime<Utc>,
+}
+
+/// One job's open incident.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Incident {
+    /// Stable for the incident's life: derived from the job and its first failure, so two
+    /// replicas or a replay of the same data name it alike.
+    pub id: String,
+    /// Distinct auth failures collected.
+    pub count: u64,
+    /// Earliest failure's event time.
+    pub first_at: DateTime<Utc>,
+    /// Latest failure's event time.
+    pub last_at: DateTime<Utc>,
+    /// Whether a `firing` notification was made.
+    pub fired: bool,
+    /// Event time of the failure that caused the last notification.
+    pub notified_at: Option<DateTime<Utc>>,
+    /// The failure that arrived last.
+    pub last_failure: Failure,
+    /// The diagnosis of the failure that arrived last.
+    pub diagnosis: Diagnosis,
+}
+
+/// What an observation caused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transition {
+    /// Nothing to notify (an incident may still have opened, grown, or closed silently).
+    None,
+    /// The incident reached its threshold.
+    Firing,
+    /// Still failing, `repeat_interval` after the last notification.
+    Repeat,
+    /// A later success ended a fired incident.
+    Resolved,
+}
+
+/// The open incidents, one per job at most.
+#[derive(Debug, Clone, Default)]
+pub struct Incidents {
+    rules: IncidentRules,
+    open: HashMap<JobKey, Incident>,
+}
+
+impl Incidents {
+    /// No open incidents.
+    pub fn new(rules: IncidentRules) -> Self {
+        Incidents { rules, open: HashMap::new() }
+    }
+
+    /// The job's open incident.
+    pub fn get(&self, job: &JobKey) -> Option<&Incident> {
+        self.open.get(job)
+    }
+
+    /// How many incidents are open.
+    pub fn open_count(&self) -> usize {
+        self.open.len()
+    }
+
+    /// Every open incident.
+    pub fn iter(&self) -> impl Iterator<Item = (&JobKey, &Incident)> {
+        self.open.iter()
+    }
+
+    /// Puts back an incident loaded from a store.
+    pub fn restore(&mut self, job: JobKey, incident: Incident) {
+        self.open.insert(job, incident);
+    }
+
+    /// An auth failure of `job`, diagnosed. Returns the transition and the incident after it.
+    /// `first_key` names the incident if this failure opens one (the entry's dedup key).
+    pub fn failure(&mut self, job: &JobKey, failure: Failure, diagnosis: Diagnosis, first_key: u128) -> (Transition, &Incident) {
+        let rules = &self.rules;
+        let at = failure.at;
+        let confirmed = diagnosis.confirmed();
+        let incident = self.open.entry(job.clone()).or_insert_with(|| Incident {
+            id: incident_id(job, first_key),
+            count: 0,
+            first_at: at,
+            last_at: at,
+            fired: false,
+            notified_at: None,
+            last_failure: failure.clone(),
+            diagnosis: diagnosis.clone(),
+        });
+        incident.count += 1;
+        incident.first_at = incident.first_at.min(at);
+        incident.last_at = incident.last_at.max(at);
+        incident.last_failure = failure;
+        incident.diagnosis = diagnosis;
+
+        let needed = if confirmed && rules.fire_on_confirmed { 1 } else { u64::from(rules.min_failures.max(1)) };
+        let transition = match incident.notified_at {
+            None if incident.count >= needed => Transition::Firing,
+            Some(last) if incident.fired && at >= last + rules.repeat_interval => Transition::Repeat,
+            _ => Transition::None,
+        };
+        if transition != Transition::None {
+            incident.fired = true;
+            incident.notified_at = Some(at);
+        }
+        (transition, incident)
+    }
+
+    /// A success of `job` at `at`. Ends the open incident when the success is later than its
+    /// last failure: returns it, with `Resolved` when it had fired. An older success that
+    /// arrives late changes nothing.
+    pub fn success(&mut self, job: &JobKey, at: DateTime<Utc>) -> Option<(Transition, Incident)> {
+        let later = self.open.get(job).is_some_and(|i| at > i.last_at);
+        if !later {
+            return None;
+        }
+        let incident = self.open.remove(job)?;
+        let transition = if incident.fired { Transition::Resolved } else { Transition::None };
+        Some((transition, incident))
+    }
+}
+
+fn incident_id(job: &JobKey, first_key: u128) -> String {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    h.update(job.name().as_bytes());
+    h.update(&first_key.to_le_bytes());
+    format!("{:016x}", h.digest())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::diagnose::{Code, Diagnosis};
+    use chrono::TimeZone;
+
+    fn t(min: i64) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 11, 20, 9, 0, 0).unwrap() + chrono::Duration::minutes(min)
+    }
+
+    fn fail(at: DateTime<Utc>) -> Failure {
+        Failure { outcome: Outcome::Unauthenticated, status: None, http_status: Some(401), url: None, at }
+    }
+
+    fn job() -> JobKey {
+        JobKey::new("p", "l", "j")
+    }
+
+    fn diag(code: Code) -> Diagnosis {
+        Diagnosis::for_test(code)
+    }
+
+    #[test]
+    fn fires_at_the_third_unconfirmed_failure_and_resolves_on_a_later_success() {
+        let mut inc = Incidents::new(IncidentRules::default());
+        let d = diag(Code::AuthConfigUnavailable);
+        assert_eq!(inc.failure(&job(), fail(t(0)), d.clone(), 1).0, Transition::None);
+        assert_eq!(inc.failure(&job(), fail(t(1)), d.clone(), 2).0, Transition::None);
+        let (tr, i) = inc.failure(&job(), fail(t(2)), d.clone(), 3);
+        assert_eq!((tr, i.count), (Transition::Firing, 3));
+        assert_eq!(inc.failure(&job(), fail(t(3)), d, 4).0, Transition::None);
+        assert!(inc.success(&job(), t(3)).is_none(), "not later than the last failure");
+        let (tr, i) = inc.success(&job(), t(4)).unwrap();
+        assert_eq!((tr, i.count, i.first_at, i.last_at), (Transition::Resolved, 4, t(0), t(3)));
+        assert_eq!(inc.open_count(), 0);
+    }
+
+    #[test]
+    fn a_confirmed_cause_fires_at_the_first_failure_unless_disabled() {
+        let mut inc = Incidents::new(IncidentRules::default());
+        assert_eq!(inc.failure(&job(), fail(t(0)), diag(Code::OidcTokenForGoogleApi), 1).0, Transition::Firing);
+        let mut off = Incidents::new(IncidentRules { fire_on_confirmed: false, ..Default::default() });
+        assert_eq!(off.failure(&job(), fail(t(0)), diag(Code::OidcTokenForGoogleApi), 1).0, Transition::None);
+    }
+
+    #[test]
+    fn repeats_after_the_interval_measured_in_event_time() {
+        let mut inc = Incidents::new(IncidentRules::default());
+        let d = diag(Code::MissingAuthToken);
+        assert_eq!(inc.failure(&job(), fail(t(0)), d.clone(), 1).0, Transition::Firing);
+        assert_eq!(inc.failure(&job(), fail(t(239)), d.clone(), 2).0, Transition::None);
+        assert_eq!(inc.failure(&job(), fail(t(240)), d.clone(), 3).0, Transition::Repeat);
+        assert_eq!(inc.failure(&job(), fail(t(300)), d.clone(), 4).0, Transition::None);
+        assert_eq!(inc.failure(&job(), fail(t(480)), d, 5).0, Transition::Repeat);
+    }
+
+    #[test]
+    fn an_unfired_incident_ends_silently_and_the_next_one_has_a_new_id() {
+        let mut inc = Incidents::new(IncidentRules::default());
+        let d = diag(Code::UnexplainedAuthFailure);
+        let first = inc.failure(&job(), fail(t(0)), d.clone(), 1).1.id.clone();
+        let (tr, _) = inc.success(&job(), t(1)).unwrap();
+        assert_eq!(tr, Transition::None);
+        let second = inc.failure(&job(), fail(t(2)), d, 2).1.id.clone();
+        assert_ne!(first, second);
+    }
+
+    #[test]
+    fn a_late_older_failure_widens_the_window_but_keeps_the_latest_time() {
+        let mut inc = Incidents::new(IncidentRules::default());
+        let d = diag(Code::UnexplainedAuthFailure);
+        inc.failure(&job(), fail(t(5)), d.clone(), 1);
+        let (_, i) = inc.failure(&job(), fail(t(1)), d, 2);
+        assert_eq!((i.first_at, i.last_at, i.count), (t(1), t(5), 2));
+    }
+}

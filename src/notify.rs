@@ -1,0 +1,123 @@
+//! Notify: an incident transition → the CONTRACT section 4 alert, and the terminal view of it.
+//!
+//! Delivery to Slack, email, webhooks and PagerDuty lives in the `schedwatch-sinks` crate; this
+//! module only makes the event every sink receives.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use schedwatch_sinks::alert::{self, Alert, AlertAuth, AlertDiagnosis, AlertFailure, AlertFix, AlertJob, AlertTarget, EventKind};
+
+use crate::diagnose::Diagnoser;
+use crate::incidents::Incident;
+use crate::JobKey;
+
+/// The alert for `incident` of `job`. `resolved_at` is the success's time, on `resolved` only.
+pub fn alert(event: EventKind, job: &JobKey, incident: &Incident, diagnoser: &Diagnoser, resolved_at: Option<DateTime<Utc>>) -> Alert {
+    let d = &incident.diagnosis;
+    let f = &incident.last_failure;
+    Alert {
+        schema: alert::SCHEMA.to_owned(),
+        event,
+        incident_id: incident.id.clone(),
+        job: AlertJob { name: job.name(), project: job.project.clone(), location: job.location.clone(), id: job.job_id.clone() },
+        failure: AlertFailure {
+            class: f.outcome.as_str().to_owned(),
+            status: f.status.clone(),
+            http_status: f.http_status,
+            count: incident.count,
+            first_at: incident.first_at,
+            last_at: incident.last_at,
+        },
+        target: AlertTarget { url: d.target_url.clone(), kind: d.target_kind.as_str().to_owned() },
+        auth: AlertAuth {
+            source: d.auth.source.as_str().to_owned(),
+            token: d.auth.token.clone(),
+            service_account: d.auth.service_account.clone(),
+            audience: d.auth.audience.clone(),
+            scope: d.auth.scope.clone(),
+        },
+        diagnosis: AlertDiagnosis {
+            code: d.code.as_str().to_owned(),
+            confidence: d.confidence().to_owned(),
+            summary: d.summary.clone(),
+            detail: d.detail.clone(),
+        },
+        fix: AlertFix { gcloud: d.fix.gcloud.clone(), terraform: d.fix.terraform.clone() },
+        runbook_url: diagnoser.runbook_url(d.code),
+        resolved_at: if event == EventKind::Resolved { resolved_at } else { None },
+    }
+}
+
+fn ts(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::AutoSi, true)
+}
+
+/// The readable terminal view of an alert (`--format text`): what failed, why, and the fix.
+pub fn render_text(a: &Alert) -> String {
+    let mut out = String::new();
+    let event = match a.event {
+        EventKind::Firing => "FIRING",
+        EventKind::Repeat => "STILL FAILING",
+        EventKind::Resolved => "RESOLVED",
+    };
+    out.push_str(&format!(
+        "{event}  {}/{}/{}  {} ({})\n",
+        a.job.project, a.job.location, a.job.id, a.diagnosis.code, a.diagnosis.confidence
+    ));
+    let status = match (&a.failure.http_status, &a.failure.status) {
+        (Some(h), Some(s)) => format!("{h} {s}"),
+        (Some(h), None) => h.to_string(),
+        (None, Some(s)) => s.clone(),
+        (None, None) => a.failure.class.clone(),
+    };
+    let plural = if a.failure.count == 1 { "" } else { "s" };
+    out.push_str(&format!(
+        "  failures  {} auth failure{plural} ({status}), {} .. {}\n",
+        a.failure.count,
+        ts(a.failure.first_at),
+        ts(a.failure.last_at)
+    ));
+    if let Some(at) = a.resolved_at {
+        out.push_str(&format!("  resolved  {}\n", ts(at)));
+    }
+    out.push_str(&format!("  target    {} ({})\n", a.target.url, a.target.kind));
+    let mut auth = format!("{} token", a.auth.token);
+    if let Some(sa) = &a.auth.service_account {
+        auth.push_str(&format!(" as {sa}"));
+    }
+    if let Some(aud) = &a.auth.audience {
+        auth.push_str(&format!(", audience {aud}"));
+    }
+    out.push_str(&format!("  auth      {auth} (from {})\n", a.auth.source));
+    out.push_str(&format!("  cause     {}\n", a.diagnosis.summary));
+    for line in wrap(&a.diagnosis.detail, 88) {
+        out.push_str(&format!("            {line}\n"));
+    }
+    if a.event != EventKind::Resolved {
+        out.push_str("  fix (gcloud):\n");
+        for line in a.fix.gcloud.lines() {
+            out.push_str(&format!("    {line}\n"));
+        }
+        out.push_str("  fix (terraform):\n");
+        for line in a.fix.terraform.lines() {
+            out.push_str(&format!("    {line}\n"));
+        }
+    }
+    out.push_str(&format!("  runbook   {}\n  incident  {}\n", a.runbook_url, a.incident_id));
+    out
+}
+
+fn wrap(text: &str, width: usize) -> Vec<String> {
+    let mut lines = vec![String::new()];
+    for word in text.split_whitespace() {
+        let line = lines.last_mut().expect("never empty");
+        if !line.is_empty() && line.len() + 1 + word.len() > width {
+            lines.push(word.to_owned());
+        } else {
+            if !line.is_empty() {
+                line.push(' ');
+            }
+            line.push_str(word);
+        }
+    }
+    lines
+}

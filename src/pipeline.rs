@@ -1,0 +1,235 @@
+//! The pipeline: decode → dedup → incidents ⇄ correlate → diagnose → alert events.
+//!
+//! Every door (`replay`, `run`, the demo) feeds input items to [`Pipeline::process_item`] and
+//! takes the alerts it appends. The pipeline is synchronous: it is CPU work over one entry at a
+//! time, and the only I/O it may do — a Cloud Scheduler API look-up when a job fails — blocks
+//! on the client's runtime from the pipeline's own thread.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use schedwatch_sinks::{Alert, EventKind};
+
+use crate::correlate::{Correlator, JobConfig};
+use crate::decode::{Attempt, Decoded, Decoder, Outcome, Phase, SkipReason};
+use crate::dedup::Dedup;
+use crate::diagnose::{Diagnoser, Diagnosis};
+use crate::incidents::{Failure, IncidentRules, Incidents, Transition};
+use crate::{notify, JobKey};
+
+/// What the pipeline saw, for the run summary and metrics.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct Stats {
+    /// Entries read (each line, array element or Pub/Sub message), usable or not.
+    pub entries: u64,
+    /// Entries counted once already (same logName, insertId, timestamp).
+    pub duplicates: u64,
+    /// `AttemptStarted` entries (read and ignored).
+    pub started: u64,
+    /// `AttemptFinished` entries that succeeded.
+    pub successes: u64,
+    /// `AttemptFinished` entries with 401 or 403.
+    pub auth_failures: u64,
+    /// `AttemptFinished` entries with other failures (404, 5xx, timeouts).
+    pub other_failures: u64,
+    /// Scheduler entries of another kind.
+    pub other_records: u64,
+    /// Skipped items by reason.
+    pub skipped: BTreeMap<&'static str, u64>,
+    /// Incidents opened.
+    pub incidents_opened: u64,
+    /// Alerts made, by event.
+    pub alerts: BTreeMap<&'static str, u64>,
+}
+
+impl Stats {
+    /// Skipped items, all reasons.
+    pub fn skipped_total(&self) -> u64 {
+        self.skipped.values().sum()
+    }
+
+    /// One paragraph for people: what was read, skipped, opened and sent.
+    pub fn summary(&self) -> String {
+        let skipped = if self.skipped.is_empty() {
+            "none skipped".to_owned()
+        } else {
+            let parts: Vec<String> = self.skipped.iter().map(|(r, n)| format!("{r} {n}")).collect();
+            format!("{} skipped ({})", self.skipped_total(), parts.join(", "))
+        };
+        let alerts: u64 = self.alerts.values().sum();
+        let by_event: Vec<String> = ["firing", "repeat", "resolved"]
+            .iter()
+            .map(|e| format!("{} {e}", self.alerts.get(e).copied().unwrap_or(0)))
+            .collect();
+        format!(
+            "{} entries read, {skipped}, {} duplicates; {} finished attempts ({} auth failures, {} successes, {} other failures); \
+             {} incidents opened; {alerts} alerts sent ({})",
+            self.entries,
+            self.duplicates,
+            self.successes + self.auth_failures + self.other_failures,
+            self.auth_failures,
+            self.successes,
+            self.other_failures,
+            self.incidents_opened,
+            by_event.join(", ")
+        )
+    }
+}
+
+/// The inputs a diagnosis was made from: when the next failure of the same job has the same
+/// ones, the diagnosis is reused instead of rewritten (a failing job logs up to six attempts a
+/// minute, and words and fixes are the costly part).
+struct Explained {
+    config: Option<Arc<JobConfig>>,
+    outcome: Outcome,
+    url: Option<String>,
+    diagnosis: Diagnosis,
+}
+
+/// The stages, joined.
+pub struct Pipeline {
+    decoder: Decoder,
+    dedup: Dedup,
+    incidents: Incidents,
+    correlator: Correlator,
+    diagnoser: Diagnoser,
+    explained: HashMap<JobKey, Explained>,
+    scratch: Vec<Decoded>,
+    /// What was seen so far.
+    pub stats: Stats,
+}
+
+impl Pipeline {
+    /// A pipeline with no open incidents.
+    pub fn new(rules: IncidentRules, dedup_capacity: usize, correlator: Correlator, diagnoser: Diagnoser) -> Self {
+        Pipeline {
+            decoder: Decoder,
+            dedup: Dedup::new(dedup_capacity),
+            incidents: Incidents::new(rules),
+            correlator,
+            diagnoser,
+            explained: HashMap::new(),
+            scratch: Vec::new(),
+            stats: Stats::default(),
+        }
+    }
+
+    /// The open incidents.
+    pub fn incidents(&self) -> &Incidents {
+        &self.incidents
+    }
+
+    /// The correlator (for its API counters).
+    pub fn correlator(&self) -> &Correlator {
+        &self.correlator
+    }
+
+    /// Decodes one input item and processes every entry it holds, in order.
+    pub fn process_item(&mut self, bytes: &[u8], out: &mut Vec<Alert>) {
+        let mut scratch = std::mem::take(&mut self.scratch);
+        self.decoder.decode_item(bytes, &mut scratch);
+        for decoded in scratch.drain(..) {
+            self.process(decoded, out);
+        }
+        self.scratch = scratch;
+    }
+
+    /// Decodes one item without processing it (for sources that reorder, like JSON arrays).
+    pub fn decode(&self, bytes: &[u8], out: &mut Vec<Decoded>) {
+        self.decoder.decode_item(bytes, out);
+    }
+
+    /// Processes one decoded entry.
+    pub fn process(&mut self, decoded: Decoded, out: &mut Vec<Alert>) {
+        match decoded {
+            Ok(attempt) => {
+                self.stats.entries += 1;
+                self.attempt(attempt, out)
+            }
+            Err(reason) => self.skip(reason),
+        }
+    }
+
+    /// Counts an item skipped before decoding (by a source), warning once per reason.
+    pub fn skip(&mut self, reason: SkipReason) {
+        self.stats.entries += 1;
+        let n = self.stats.skipped.entry(reason.as_str()).or_insert(0);
+        *n += 1;
+        if *n == 1 {
+            tracing::warn!(reason = reason.as_str(), "skipped an entry: {}; further ones are counted, not logged", reason.explain());
+        }
+    }
+
+    fn attempt(&mut self, a: Attempt, out: &mut Vec<Alert>) {
+        if !self.dedup.insert(a.dedup_key) {
+            self.stats.duplicates += 1;
+            return;
+        }
+        match a.phase {
+            Phase::Started => self.stats.started += 1,
+            Phase::Other => self.stats.other_records += 1,
+            Phase::Finished => match a.outcome {
+                Outcome::Success => {
+                    self.stats.successes += 1;
+                    self.success(a, out);
+                }
+                Outcome::Unauthenticated | Outcome::PermissionDenied => {
+                    self.stats.auth_failures += 1;
+                    self.failure(a, out);
+                }
+                Outcome::OtherFailure => self.stats.other_failures += 1,
+            },
+        }
+    }
+
+    fn success(&mut self, a: Attempt, out: &mut Vec<Alert>) {
+        if let Some((transition, incident)) = self.incidents.success(&a.job, a.timestamp) {
+            self.explained.remove(&a.job);
+            if transition == Transition::Resolved {
+                tracing::info!(job = %a.job, incident_id = %incident.id, count = incident.count, "resolved");
+                self.emit(EventKind::Resolved, &a.job, &incident, Some(a.timestamp), out);
+            }
+        }
+    }
+
+    fn failure(&mut self, a: Attempt, out: &mut Vec<Alert>) {
+        let opening = self.incidents.get(&a.job).is_none();
+        let lookup = self.correlator.lookup(&a.job, opening);
+        let reusable = self.explained.get(&a.job).filter(|e| {
+            e.outcome == a.outcome
+                && e.url == a.url
+                && match (&e.config, &lookup.config) {
+                    (Some(x), Some(y)) => Arc::ptr_eq(x, y),
+                    (None, None) => e.diagnosis.auth.source == lookup.source,
+                    _ => false,
+                }
+        });
+        let diagnosis = match reusable {
+            Some(e) => e.diagnosis.clone(),
+            None => {
+                let diagnosis = self.diagnoser.diagnose(&a.job, &lookup, a.outcome, a.url.as_deref());
+                let e = Explained { config: lookup.config.clone(), outcome: a.outcome, url: a.url.clone(), diagnosis: diagnosis.clone() };
+                self.explained.insert(a.job.clone(), e);
+                diagnosis
+            }
+        };
+        if opening {
+            self.stats.incidents_opened += 1;
+        }
+        let failure = Failure { outcome: a.outcome, status: a.status, http_status: a.http_status, url: a.url, at: a.timestamp };
+        let (transition, incident) = self.incidents.failure(&a.job, failure, diagnosis, a.dedup_key);
+        let event = match transition {
+            Transition::Firing => EventKind::Firing,
+            Transition::Repeat => EventKind::Repeat,
+            Transition::None | Transition::Resolved => return,
+        };
+        tracing::info!(job = %a.job, incident_id = %incident.id, code = incident.diagnosis.code.as_str(), count = incident.count, "{}", event.as_str());
+        let incident = incident.clone();
+        self.emit(event, &a.job, &incident, None, out);
+    }
+
+    fn emit(&mut self, event: EventKind, job: &JobKey, incident: &crate::incidents::Incident, resolved_at: Option<chrono::DateTime<chrono::Utc>>, out: &mut Vec<Alert>) {
+        *self.stats.alerts.entry(event.as_str()).or_insert(0) += 1;
+        out.push(notify::alert(event, job, incident, &self.diagnoser, resolved_at));
+    }
+}

@@ -1,0 +1,7 @@
+//! Sources: where log entries come from.
+//!
+//! - [`file`]: log files and stdin (`replay`, and `run` on the bundled demo).
+//!
+//! Every source hands raw items to [`crate::pipeline::Pipeline`]; only how they arrive differs.
+
+pub mod file;
