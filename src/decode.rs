@@ -76,7 +76,8 @@ pub struct Attempt {
     pub phase: Phase,
     /// The outcome class; meaningful for [`Phase::Finished`] only.
     pub outcome: Outcome,
-    /// `jsonPayload.status`, the gRPC code name (absent on success).
+    /// `jsonPayload.status`, the gRPC code name (absent on success). This and the other details
+    /// (`url`, `debug_info`, `insert_id`) are kept for failed attempts only.
     pub status: Option<String>,
     /// The HTTP status: `httpRequest.status`, else the `debugInfo` tail.
     pub http_status: Option<u16>,
@@ -417,16 +418,20 @@ fn entry(item: RawItem<'_>) -> Decoded {
         .or_else(|| debug_info.as_deref().and_then(debug_info_code));
     let outcome = classify_outcome(status.as_deref(), http_status);
     let dedup_key = dedup_key(item.log_name.as_deref(), item.insert_id.as_deref(), &ts_text);
+    // Details are copied only for failures, where an alert shows them; the hot path (started
+    // entries and successes) copies nothing but the job.
+    let details = phase == Phase::Finished && outcome != Outcome::Success;
+    let keep = |t: Option<Text<'_>>| if details { t.map(Text::into_owned) } else { None };
     Ok(Attempt {
         job: JobKey { project, location, job_id },
         phase,
         outcome,
-        status: status.map(Text::into_owned),
+        status: keep(status),
         http_status,
-        url: url.map(Text::into_owned),
-        debug_info: debug_info.map(Text::into_owned),
+        url: keep(url),
+        debug_info: keep(debug_info),
         timestamp,
-        insert_id: item.insert_id.map(Text::into_owned),
+        insert_id: keep(item.insert_id),
         dedup_key,
     })
 }

@@ -4,7 +4,6 @@
 //! does I/O: every decision uses the entry's event time, so replay, tests and production take
 //! the same path, and the state serialises as it is into a store.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -87,13 +86,13 @@ pub enum Transition {
 #[derive(Debug, Clone, Default)]
 pub struct Incidents {
     rules: IncidentRules,
-    open: HashMap<JobKey, Incident>,
+    open: rustc_hash::FxHashMap<JobKey, Incident>,
 }
 
 impl Incidents {
     /// No open incidents.
     pub fn new(rules: IncidentRules) -> Self {
-        Incidents { rules, open: HashMap::new() }
+        Incidents { rules, open: Default::default() }
     }
 
     /// The job's open incident.

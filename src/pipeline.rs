@@ -5,7 +5,9 @@
 //! time, and the only I/O it may do — a Cloud Scheduler API look-up when a job fails — blocks
 //! on the client's runtime from the pipeline's own thread.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use rustc_hash::FxHashMap;
 use std::sync::Arc;
 
 use schedwatch_sinks::{Alert, EventKind};
@@ -93,7 +95,7 @@ pub struct Pipeline {
     incidents: Incidents,
     correlator: Correlator,
     diagnoser: Diagnoser,
-    explained: HashMap<JobKey, Explained>,
+    explained: FxHashMap<JobKey, Explained>,
     scratch: Vec<Decoded>,
     /// What was seen so far.
     pub stats: Stats,
@@ -108,7 +110,7 @@ impl Pipeline {
             incidents: Incidents::new(rules),
             correlator,
             diagnoser,
-            explained: HashMap::new(),
+            explained: FxHashMap::default(),
             scratch: Vec::new(),
             stats: Stats::default(),
         }

@@ -4,7 +4,6 @@
 //! describe --format=json`), an array of Jobs (`jobs list --format=json`), or a REST list
 //! response `{"jobs": [...], "nextPageToken": …}`.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -35,7 +34,7 @@ pub enum InventoryError {
 /// Jobs by key.
 #[derive(Debug, Default, Clone)]
 pub struct Inventory {
-    jobs: HashMap<JobKey, Arc<JobConfig>>,
+    jobs: rustc_hash::FxHashMap<JobKey, Arc<JobConfig>>,
 }
 
 impl Inventory {

@@ -7,7 +7,7 @@
 //! first), as CONTRACT section 1 says.
 
 use std::fs::File;
-use std::io::{self, BufRead, BufReader, IsTerminal, Read};
+use std::io::{self, IsTerminal, Read};
 use std::path::Path;
 
 use indicatif::{ProgressBar, ProgressStyle};
@@ -49,50 +49,43 @@ pub fn replay(path: &Path, pipeline: &mut Pipeline, emit: &mut dyn FnMut(&[Alert
         (Box::new(f), size)
     };
     let progress = progress_bar(size, &name);
-    let mut reader = BufReader::with_capacity(READ_BUFFER, progress.wrap_read(reader));
+    let mut lines = Lines::new(progress.wrap_read(reader));
     let mut out = Vec::new();
-    let mut flush = |pipeline: &mut Pipeline, out: &mut Vec<Alert>| -> Result<(), FileError> {
+    let mut flush = |out: &mut Vec<Alert>| -> Result<(), FileError> {
         if !out.is_empty() {
             emit(out).map_err(FileError::Output)?;
             out.clear();
         }
-        let _ = pipeline;
         Ok(())
     };
 
-    let first = first_byte(&mut reader).map_err(io_err)?;
-    let result = match first {
+    let result = match lines.first_byte().map_err(io_err)? {
         None => Ok(()),
         Some(b'[') => {
-            let mut whole = Vec::new();
-            reader.read_to_end(&mut whole).map_err(io_err)?;
+            let whole = lines.rest(&[]).map_err(io_err)?;
             document(&whole, pipeline, &mut out, &mut flush)
         }
         Some(_) => {
-            let mut line = Vec::with_capacity(4096);
             let mut first_line = true;
             loop {
-                match read_line(&mut reader, &mut line).map_err(io_err)? {
-                    Line::Eof => break,
-                    Line::TooLong => pipeline.skip(SkipReason::TooLarge),
-                    Line::Ok if is_blank(&line) => {}
-                    Line::Ok => {
-                        // A first line that is not a whole JSON value starts a pretty-printed
-                        // document: read it whole.
-                        if first_line && serde_json::from_slice::<serde::de::IgnoredAny>(&line).is_err() {
-                            let mut whole = std::mem::take(&mut line);
-                            whole.push(b'\n');
-                            reader.read_to_end(&mut whole).map_err(io_err)?;
-                            document(&whole, pipeline, &mut out, &mut flush)?;
-                            break;
-                        }
-                        pipeline.process_item(&line, &mut out);
-                        flush(pipeline, &mut out)?;
+                match lines.next().map_err(io_err)? {
+                    Next::Eof => break Ok(()),
+                    Next::TooLong => pipeline.skip(SkipReason::TooLarge),
+                    Next::Line(line) if is_blank(line) => {}
+                    // A first line that is not a whole JSON value starts a pretty-printed
+                    // document: read it whole.
+                    Next::Line(line) if first_line && serde_json::from_slice::<serde::de::IgnoredAny>(line).is_err() => {
+                        let line = line.to_vec();
+                        let whole = lines.rest(&line).map_err(io_err)?;
+                        break document(&whole, pipeline, &mut out, &mut flush);
+                    }
+                    Next::Line(line) => {
+                        pipeline.process_item(line, &mut out);
+                        flush(&mut out)?;
                     }
                 }
                 first_line = false;
             }
-            Ok(())
         }
     };
     progress.finish_and_clear();
@@ -105,7 +98,7 @@ fn document(
     whole: &[u8],
     pipeline: &mut Pipeline,
     out: &mut Vec<Alert>,
-    flush: &mut dyn FnMut(&mut Pipeline, &mut Vec<Alert>) -> Result<(), FileError>,
+    flush: &mut dyn FnMut(&mut Vec<Alert>) -> Result<(), FileError>,
 ) -> Result<(), FileError> {
     let values: Result<Vec<&RawValue>, _> = serde_json::Deserializer::from_slice(whole).into_iter::<&RawValue>().collect();
     let Ok(values) = values else {
@@ -115,7 +108,7 @@ fn document(
             } else {
                 pipeline.process_item(line, out);
             }
-            flush(pipeline, out)?;
+            flush(out)?;
         }
         return Ok(());
     };
@@ -133,82 +126,132 @@ fn document(
                     decoded.sort_by_key(|d| d.as_ref().ok().map(|a| a.timestamp));
                     for d in decoded {
                         pipeline.process(d, out);
-                        flush(pipeline, out)?;
+                        flush(out)?;
                     }
                 }
                 Err(_) => pipeline.skip(SkipReason::InvalidJson),
             }
         } else {
             pipeline.process_item(text.as_bytes(), out);
-            flush(pipeline, out)?;
+            flush(out)?;
         }
     }
     Ok(())
 }
 
-enum Line {
-    Ok,
+/// What [`Lines::next`] found.
+enum Next<'a> {
+    /// A line, without its newline (a final line may lack one).
+    Line(&'a [u8]),
+    /// A line longer than [`MAX_ENTRY_BYTES`], dropped as it streamed past.
     TooLong,
+    /// The end of the input.
     Eof,
 }
 
-/// Reads up to the next newline into `line` (without it). A line over [`MAX_ENTRY_BYTES`] is
-/// consumed and dropped as it streams past, never held.
-fn read_line(reader: &mut impl BufRead, line: &mut Vec<u8>) -> io::Result<Line> {
-    line.clear();
-    let mut too_long = false;
-    let mut any = false;
-    loop {
-        let buf = match reader.fill_buf() {
-            Ok(b) => b,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        if buf.is_empty() {
-            return Ok(match (any, too_long) {
-                (false, _) => Line::Eof,
-                (true, true) => Line::TooLong,
-                (true, false) => Line::Ok,
-            });
+/// Streams lines out of a reader through one fixed buffer, handing out slices of it: a line is
+/// never copied unless it straddles two reads, and never held when it is too long.
+struct Lines<R> {
+    reader: R,
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    eof: bool,
+    discarding: bool,
+}
+
+impl<R: Read> Lines<R> {
+    fn new(reader: R) -> Self {
+        // Room for the longest accepted line plus one read.
+        Lines { reader, buf: vec![0; MAX_ENTRY_BYTES + READ_BUFFER], start: 0, end: 0, eof: false, discarding: false }
+    }
+
+    /// Reads more, after moving the unread tail to the front. False at the end of the input.
+    fn fill(&mut self) -> io::Result<bool> {
+        if self.eof {
+            return Ok(false);
         }
-        any = true;
-        let (chunk, done) = match memchr(b'\n', buf) {
-            Some(i) => (&buf[..i], Some(i + 1)),
-            None => (buf, None),
-        };
-        if !too_long {
-            if line.len() + chunk.len() > MAX_ENTRY_BYTES {
-                too_long = true;
-                line.clear();
-            } else {
-                line.extend_from_slice(chunk);
+        if self.discarding {
+            self.start = self.end;
+        }
+        if self.start > 0 {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        if self.end == self.buf.len() {
+            // A line fills the whole buffer: it is too long; drop it as it streams past.
+            self.discarding = true;
+            self.end = 0;
+        }
+        loop {
+            match self.reader.read(&mut self.buf[self.end..]) {
+                Ok(0) => {
+                    self.eof = true;
+                    return Ok(false);
+                }
+                Ok(n) => {
+                    self.end += n;
+                    return Ok(true);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
             }
-        }
-        let used = done.unwrap_or(buf.len());
-        reader.consume(used);
-        if done.is_some() {
-            return Ok(if too_long { Line::TooLong } else { Line::Ok });
         }
     }
-}
 
-fn memchr(needle: u8, haystack: &[u8]) -> Option<usize> {
-    haystack.iter().position(|&b| b == needle)
-}
-
-fn first_byte(reader: &mut impl BufRead) -> io::Result<Option<u8>> {
-    loop {
-        let buf = reader.fill_buf()?;
-        if buf.is_empty() {
-            return Ok(None);
-        }
-        match buf.iter().position(|b| !b.is_ascii_whitespace()) {
-            Some(i) => return Ok(Some(buf[i])),
-            None => {
-                let n = buf.len();
-                reader.consume(n);
+    fn next(&mut self) -> io::Result<Next<'_>> {
+        loop {
+            if let Some(i) = memchr::memchr(b'\n', &self.buf[self.start..self.end]) {
+                let line = self.start..self.start + i;
+                self.start += i + 1;
+                if std::mem::take(&mut self.discarding) || line.len() > MAX_ENTRY_BYTES {
+                    return Ok(Next::TooLong);
+                }
+                let line = &self.buf[line];
+                return Ok(Next::Line(line.strip_suffix(b"\r").unwrap_or(line)));
+            }
+            if !self.fill()? {
+                if std::mem::take(&mut self.discarding) {
+                    self.start = self.end;
+                    return Ok(Next::TooLong);
+                }
+                if self.start == self.end {
+                    return Ok(Next::Eof);
+                }
+                let line = self.start..self.end;
+                self.start = self.end;
+                if line.len() > MAX_ENTRY_BYTES {
+                    return Ok(Next::TooLong);
+                }
+                return Ok(Next::Line(&self.buf[line]));
             }
         }
+    }
+
+    /// The first byte that is not white space, without consuming anything else.
+    fn first_byte(&mut self) -> io::Result<Option<u8>> {
+        loop {
+            if let Some(b) = self.buf[self.start..self.end].iter().find(|b| !b.is_ascii_whitespace()) {
+                return Ok(Some(*b));
+            }
+            self.start = self.end;
+            if !self.fill()? {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// `head`, a newline, then everything not yet read: a whole document.
+    fn rest(mut self, head: &[u8]) -> io::Result<Vec<u8>> {
+        let mut whole = Vec::with_capacity(head.len() + 1 + self.end - self.start);
+        if !head.is_empty() {
+            whole.extend_from_slice(head);
+            whole.push(b'\n');
+        }
+        whole.extend_from_slice(&self.buf[self.start..self.end]);
+        self.reader.read_to_end(&mut whole)?;
+        Ok(whole)
     }
 }
 

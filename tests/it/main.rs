@@ -1,0 +1,12 @@
+//! schedwatch's integration tests, one binary organised by area. Helpers in `common` start
+//! real processes and servers on free ports.
+
+mod common;
+
+mod bad_input;
+mod cli;
+mod examples;
+mod fixes;
+mod properties;
+mod scenarios;
+mod scheduler_api;
