@@ -68,8 +68,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let mut pipeline = build_pipeline(Some(&loaded), None, &runtime)?;
     tracing::info!(source = %path.display(), "reading the file source");
     feed(&[path], &mut pipeline, &formats)?;
-    tracing::info!(open_incidents = pipeline.incidents().open_count(), "{}", pipeline.stats.summary());
-    eprintln!("schedwatch run: {}", pipeline.stats.summary());
+    eprintln!("schedwatch run: {}; {} incidents still open", pipeline.stats.summary(), pipeline.incidents().open_count());
     Ok(ExitCode::SUCCESS)
 }
 

@@ -80,14 +80,18 @@ pub fn render_text(a: &Alert) -> String {
         out.push_str(&format!("  resolved  {}\n", ts(at)));
     }
     out.push_str(&format!("  target    {} ({})\n", a.target.url, a.target.kind));
-    let mut auth = format!("{} token", a.auth.token);
-    if let Some(sa) = &a.auth.service_account {
-        auth.push_str(&format!(" as {sa}"));
+    if a.auth.source == "unavailable" {
+        out.push_str("  auth      unknown: the job's config was not found\n");
+    } else {
+        let mut auth = format!("{} token", a.auth.token);
+        if let Some(sa) = &a.auth.service_account {
+            auth.push_str(&format!(" as {sa}"));
+        }
+        if let Some(aud) = &a.auth.audience {
+            auth.push_str(&format!(", audience {aud}"));
+        }
+        out.push_str(&format!("  auth      {auth} (from the {})\n", a.auth.source.replace('_', " ")));
     }
-    if let Some(aud) = &a.auth.audience {
-        auth.push_str(&format!(", audience {aud}"));
-    }
-    out.push_str(&format!("  auth      {auth} (from {})\n", a.auth.source));
     out.push_str(&format!("  cause     {}\n", a.diagnosis.summary));
     for line in wrap(&a.diagnosis.detail, 88) {
         out.push_str(&format!("            {line}\n"));

@@ -1,0 +1,128 @@
+//! The command line of CONTRACT section 5: exit codes, messages, the demo, and every config file
+//! in `config/`.
+
+use crate::common::{self, run, stderr};
+
+#[test]
+fn every_bundled_config_passes_check_config() {
+    let mut checked = 0;
+    for entry in std::fs::read_dir(common::root().join("config")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|x| x == "toml") {
+            let out = run(&["check-config", path.to_str().unwrap()]);
+            assert!(out.status.success(), "{}: {}", path.display(), stderr(&out));
+            assert!(String::from_utf8_lossy(&out.stdout).contains(": ok"));
+            checked += 1;
+        }
+    }
+    assert!(checked >= 1);
+}
+
+#[test]
+fn check_config_names_the_line_and_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = common::write(dir.path(), "bad.toml", "[incidents]\nmin_failures = 3\nrepeat_interval = \"soon\"\n");
+    let out = run(&["check-config", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(err.contains("bad.toml:3"), "{err}");
+    let typo = common::write(dir.path(), "typo.toml", "[incident]\nmin_failures = 3\n");
+    let out = run(&["check-config", typo.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("typo.toml:1"), "{}", stderr(&out));
+    let out = run(&["check-config", "/no/such/config.toml"]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn the_demo_prints_the_reference_alerts() {
+    let demo = common::root().join("config/demo.toml");
+    let out = run(&["run", "--config", demo.to_str().unwrap(), "--format", "json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let got = common::projection(&common::ndjson(&out));
+    let reference = std::process::Command::new("python3")
+        .arg(common::shared().join("tools/reference.py"))
+        .args(["replay", "--jobs"])
+        .arg(common::root().join("config/demo/jobs"))
+        .arg(common::root().join("config/demo/logs.ndjson"))
+        .output()
+        .expect("python3 runs reference.py");
+    assert!(reference.status.success());
+    let want: Vec<(String, String, String, u64)> = String::from_utf8_lossy(&reference.stdout)
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (v["job"].as_str().unwrap().into(), v["event"].as_str().unwrap().into(), v["code"].as_str().unwrap().into(), v["count"].as_u64().unwrap())
+        })
+        .collect();
+    assert_eq!(got, want);
+    assert!(got.iter().any(|(j, e, c, _)| j.ends_with("commit-worker") && e == "firing" && c == "oidc-token-for-google-api"));
+    // The demo's own receiver prints the readable view, with the fix.
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("FIRING  acme-data-prod/us-east1/commit-worker  oidc-token-for-google-api (confirmed)"), "{text}");
+    assert!(text.contains("gcloud scheduler jobs update http commit-worker \\"), "{text}");
+    assert!(stderr(&out).contains("schedwatch run: 32 entries read"), "{}", stderr(&out));
+}
+
+#[test]
+fn replay_reads_stdin_and_prints_text_with_the_fix() {
+    let ex = common::shared().join("examples/oidc-to-run-job-then-fixed");
+    let logs = std::fs::read(ex.join("logs.ndjson")).unwrap();
+    let mut child = common::bin()
+        .args(["replay", "--format", "text", "--jobs"])
+        .arg(ex.join("jobs"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(&logs).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("--oauth-service-account-email=543333616568-compute@developer.gserviceaccount.com"), "{text}");
+    assert!(text.contains("RESOLVED  acme-data-prod/us-east1/commit-worker"), "{text}");
+    assert!(stderr(&out).contains("2 alerts sent (1 firing, 0 repeat, 1 resolved)"), "{}", stderr(&out));
+}
+
+#[test]
+fn usage_errors_exit_2_and_say_what_to_change() {
+    let out = run(&["replay", "/no/such/logs.ndjson"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("/no/such/logs.ndjson"), "{}", stderr(&out));
+    let out = run(&["replay", "--jobs", "/no/such/jobs", "-"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("/no/such/jobs"), "{}", stderr(&out));
+    let out = run(&["audit"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("--jobs PATH"), "{}", stderr(&out));
+    let out = run(&["audit", "--project", "p"]);
+    assert_eq!(out.status.code(), Some(2), "clap: --project needs --location");
+    let out = run(&["frobnicate"]);
+    assert_eq!(out.status.code(), Some(2));
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = common::write(dir.path(), "c.toml", "[incidents]\nmin_failures = 2\n");
+    let out = run(&["run", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("[source]"), "{}", stderr(&out));
+}
+
+#[test]
+fn audit_exits_1_on_findings_and_0_without() {
+    let jobs = common::fixture("jobs");
+    let out = run(&["audit", "--jobs", jobs.to_str().unwrap(), "--format", "json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let lines = common::ndjson(&out);
+    let by_job = |id: &str| lines.iter().find(|l| l["job"]["id"] == id).unwrap_or_else(|| panic!("{id} audited"));
+    let codes = |id: &str| by_job(id)["findings"].as_array().unwrap().iter().map(|f| f["code"].as_str().unwrap().to_owned()).collect::<Vec<_>>();
+    assert_eq!(codes("nightly-etl-trigger"), ["oidc-token-for-google-api"]);
+    assert_eq!(codes("legacy-cron-cleanup"), Vec::<String>::new());
+    let f = &by_job("nightly-etl-trigger")["findings"][0];
+    assert!(f["fix"]["gcloud"].as_str().unwrap().contains("--oauth-service-account-email="));
+    assert!(f["summary"].as_str().unwrap().len() > 10);
+    let healthy = common::shared().join("examples/non-auth-noise/jobs");
+    let out = run(&["audit", "--jobs", healthy.to_str().unwrap(), "--format", "text"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok       acme-data-prod/us-east1/healthy-job"));
+}
