@@ -1,4 +1,5 @@
-//! A loopback HTTP/1.1 fake server for tests: std only, one thread per connection.
+//! A loopback HTTP/1.1 fake server for tests (Cloud Scheduler API, Slack, webhooks, PagerDuty…):
+//! std only, one thread per connection.
 //!
 //! ```ignore
 //! let server = FakeServer::start(|req| match req.route() {
@@ -10,11 +11,11 @@
 //! ```
 //!
 //! It speaks enough HTTP/1.1 for real clients (reqwest/hyper, curl): keep-alive (several
-//! requests on one connection), `Content-Length` and chunked request bodies (decoded),
-//! `Expect: 100-continue`, and `Connection: close` from either side. Every request is recorded,
-//! before the handler runs, in arrival order. The handler is shared by all connections: keep
-//! state in atomics or a `Mutex`. A handler that panics answers 500. Dropping the server stops
-//! it and closes its open connections.
+//! requests on one connection, as pooled clients send them), `Content-Length` and chunked
+//! request bodies (decoded), `Expect: 100-continue`, and `Connection: close` from either side.
+//! Every request is recorded in arrival order before the handler sees it. The handler is shared
+//! by all connections: keep its state in atomics or a `Mutex`. A panicking handler answers 500.
+//! Dropping the server stops it and closes its open connections.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -29,7 +30,7 @@ use std::time::{Duration, Instant};
 pub struct Request {
     /// `GET`, `POST`, …
     pub method: String,
-    /// The request target as sent: path and query, still percent-encoded (`/v1/x?a=b`).
+    /// The request target as sent: path and query, still percent-encoded (`/v1/x?a=b%2Bc`).
     pub path: String,
     /// Header names in lower case, values trimmed, in the order sent.
     pub headers: Vec<(String, String)>,
@@ -48,18 +49,10 @@ impl Request {
         self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 
-    /// The query's `(name, value)` pairs, decoded (`+` is a space, `%XX` a byte).
-    pub fn query_pairs(&self) -> Vec<(String, String)> {
-        let Some((_, q)) = self.path.split_once('?') else { return Vec::new() };
-        q.split('&').filter(|p| !p.is_empty()).map(|p| {
-            let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            (decode(k), decode(v))
-        }).collect()
-    }
-
-    /// The first value of query parameter `name`, decoded.
+    /// The first value of query parameter `name`, decoded (`+` is a space, `%XX` a byte).
     pub fn query(&self, name: &str) -> Option<String> {
-        self.query_pairs().into_iter().find(|(k, _)| k == name).map(|(_, v)| v)
+        let (_, query) = self.path.split_once('?')?;
+        query.split('&').map(|p| p.split_once('=').unwrap_or((p, ""))).find(|(k, _)| decode(k) == name).map(|(_, v)| decode(v))
     }
 
     /// The body as UTF-8 (lossy).
@@ -73,6 +66,7 @@ impl Request {
     }
 }
 
+/// `application/x-www-form-urlencoded` decoding of one name or value.
 fn decode(s: &str) -> String {
     let (b, mut out, mut i) = (s.as_bytes(), Vec::new(), 0);
     let hex = |j: usize| b.get(j).and_then(|&c| (c as char).to_digit(16));
@@ -117,7 +111,7 @@ impl Response {
         Response::new(status).header("content-type", "text/plain; charset=utf-8").body(text)
     }
 
-    /// Adds a header.
+    /// Adds a header (`connection: close` closes the connection after this response).
     pub fn header(mut self, name: &str, value: &str) -> Response {
         self.headers.push((name.to_owned(), value.to_owned()));
         self
@@ -148,20 +142,18 @@ impl FakeServer {
         let addr = listener.local_addr().unwrap();
         let handler: Arc<Handler> = Arc::new(handler);
         let (requests, conns, stop) = (Arc::default(), Arc::<Mutex<Vec<TcpStream>>>::default(), Arc::new(AtomicBool::new(false)));
-        let (r, c, s) = (Arc::clone(&requests), Arc::clone(&conns), Arc::clone(&stop));
+        let (log, open, stopping) = (Arc::clone(&requests), Arc::clone(&conns), Arc::clone(&stop));
         let acceptor = std::thread::spawn(move || {
             for stream in listener.incoming() {
-                if s.load(Ordering::SeqCst) {
+                if stopping.load(Ordering::SeqCst) {
                     break;
                 }
                 let Ok(stream) = stream else { continue };
                 if let Ok(clone) = stream.try_clone() {
-                    c.lock().unwrap().push(clone);
+                    open.lock().unwrap().push(clone); // for Drop to close
                 }
-                let (h, r) = (Arc::clone(&handler), Arc::clone(&r));
-                std::thread::spawn(move || {
-                    let _ = serve(stream, &*h, &r);
-                });
+                let (handler, log) = (Arc::clone(&handler), Arc::clone(&log));
+                std::thread::spawn(move || serve(stream, &*handler, &log));
             }
         });
         FakeServer { addr, requests, conns, stop, acceptor: Some(acceptor) }
@@ -177,7 +169,7 @@ impl FakeServer {
         self.requests.lock().unwrap().clone()
     }
 
-    /// Waits up to `timeout` until `done(requests)` holds (for clients that send in the
+    /// Waits up to `timeout` until `done(requests)` holds (for programs that send in the
     /// background); returns the requests either way.
     pub fn wait_for(&self, timeout: Duration, done: impl Fn(&[Request]) -> bool) -> Vec<Request> {
         let end = Instant::now() + timeout;
@@ -199,7 +191,7 @@ impl Drop for FakeServer {
             let _ = t.join();
         }
         for c in self.conns.lock().unwrap().drain(..) {
-            let _ = c.shutdown(Shutdown::Both);
+            let _ = c.shutdown(Shutdown::Both); // ends the connection threads' reads
         }
     }
 }
@@ -210,83 +202,74 @@ pub fn unused_url() -> String {
     format!("http://127.0.0.1:{port}")
 }
 
-/// Serves one connection: requests until EOF or `Connection: close`.
+/// Serves one connection: requests until EOF, a malformed request or `Connection: close`.
 fn serve(stream: TcpStream, handler: &Handler, log: &Mutex<Vec<Request>>) -> io::Result<()> {
     let mut out = stream.try_clone()?;
     let mut r = BufReader::new(stream);
     loop {
-        let mut line = String::new();
-        if r.read_line(&mut line)? == 0 {
-            return Ok(());
-        }
-        let line = line.trim_end();
+        let Some(line) = read_line(&mut r)? else { return Ok(()) };
         if line.is_empty() {
-            continue; // tolerated between requests
+            continue; // a stray CRLF between requests is allowed
         }
         let mut parts = line.split(' ');
-        let (method, target, version) = (parts.next().unwrap_or("").to_owned(), parts.next().unwrap_or("").to_owned(), parts.next().unwrap_or(""));
-        let http10 = version == "HTTP/1.0";
-        let mut headers = Vec::new();
+        let (method, path) = (parts.next().unwrap_or_default().to_owned(), parts.next().unwrap_or_default().to_owned());
+        let http10 = parts.next() == Some("HTTP/1.0");
+        let mut req = Request { method, path, headers: Vec::new(), body: Vec::new() };
         loop {
-            let mut h = String::new();
-            if r.read_line(&mut h)? == 0 {
-                return Ok(());
-            }
-            let h = h.trim_end();
-            if h.is_empty() {
-                break;
-            }
-            if let Some((k, v)) = h.split_once(':') {
-                headers.push((k.trim().to_ascii_lowercase(), v.trim().to_owned()));
+            match read_line(&mut r)? {
+                None => return Ok(()),
+                Some(h) if h.is_empty() => break,
+                Some(h) => match h.split_once(':') {
+                    Some((k, v)) => req.headers.push((k.trim().to_ascii_lowercase(), v.trim().to_owned())),
+                    None => return Err(bad(&format!("header line {h:?}"))),
+                },
             }
         }
-        let mut req = Request { method, path: target, headers, body: Vec::new() };
         if req.header("expect").is_some_and(|v| v.eq_ignore_ascii_case("100-continue")) {
             out.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?;
         }
         if req.header("transfer-encoding").is_some_and(|v| v.to_ascii_lowercase().contains("chunked")) {
             req.body = read_chunked(&mut r)?;
-        } else if let Some(n) = req.header("content-length").and_then(|v| v.parse::<usize>().ok()) {
-            req.body = vec![0; n];
+        } else if let Some(n) = req.header("content-length") {
+            req.body = vec![0; n.parse().map_err(|_| bad(&format!("content-length {n:?}")))?];
             r.read_exact(&mut req.body)?;
         }
         log.lock().unwrap().push(req.clone());
-        let resp = catch_unwind(AssertUnwindSafe(|| handler(&req)))
-            .unwrap_or_else(|_| Response::text(500, "the fake server's handler panicked"));
-        let conn = |m: &Request| m.header("connection").map(str::to_ascii_lowercase);
-        let resp_close = resp.headers.iter().any(|(k, v)| k.eq_ignore_ascii_case("connection") && v.eq_ignore_ascii_case("close"));
-        let close = resp_close || conn(&req).as_deref() == Some("close") || (http10 && conn(&req).as_deref() != Some("keep-alive"));
-        write_response(&mut out, &resp, req.method == "HEAD", close && !resp_close)?;
+        let resp = catch_unwind(AssertUnwindSafe(|| handler(&req))).unwrap_or_else(|_| Response::text(500, "the fake's handler panicked"));
+        let said_close = |headers: &[(String, String)]| headers.iter().any(|(k, v)| k.eq_ignore_ascii_case("connection") && v.eq_ignore_ascii_case("close"));
+        let keep_alive = req.header("connection").is_some_and(|v| v.eq_ignore_ascii_case("keep-alive"));
+        let close = said_close(&req.headers) || said_close(&resp.headers) || (http10 && !keep_alive);
+        write_response(&mut out, &resp, req.method == "HEAD", close && !said_close(&resp.headers))?;
         if close {
-            let _ = out.shutdown(Shutdown::Both);
-            return Ok(());
+            return out.shutdown(Shutdown::Both);
         }
     }
 }
 
+fn bad(what: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, format!("fake HTTP server: bad request: {what}"))
+}
+
+/// One line without its CRLF; `None` at end of stream.
+fn read_line(r: &mut impl BufRead) -> io::Result<Option<String>> {
+    let mut line = String::new();
+    Ok((r.read_line(&mut line)? > 0).then(|| line.trim_end_matches(['\r', '\n']).to_owned()))
+}
+
 fn read_chunked(r: &mut impl BufRead) -> io::Result<Vec<u8>> {
-    let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, format!("bad chunked body: {what}"));
     let mut body = Vec::new();
     loop {
-        let mut size = String::new();
-        r.read_line(&mut size)?;
-        let hex = size.split(';').next().unwrap_or("").trim();
-        let n = usize::from_str_radix(hex, 16).map_err(|_| bad(hex))?;
+        let line = read_line(r)?.ok_or_else(|| bad("chunked body cut short"))?;
+        let hex = line.split(';').next().unwrap_or_default().trim(); // chunk extensions ignored
+        let n = usize::from_str_radix(hex, 16).map_err(|_| bad(&format!("chunk size {hex:?}")))?;
         if n == 0 {
-            loop {
-                // trailers, up to the empty line
-                let mut t = String::new();
-                if r.read_line(&mut t)? == 0 || t.trim_end().is_empty() {
-                    return Ok(body);
-                }
-            }
+            while read_line(r)?.is_some_and(|t| !t.is_empty()) {} // trailers, up to the empty line
+            return Ok(body);
         }
         let start = body.len();
         body.resize(start + n, 0);
         r.read_exact(&mut body[start..])?;
-        let mut crlf = [0; 2];
-        r.read_exact(&mut crlf)?;
-        if &crlf != b"\r\n" {
+        if read_line(r)?.is_none_or(|l| !l.is_empty()) {
             return Err(bad("no CRLF after a chunk"));
         }
     }
@@ -294,9 +277,9 @@ fn read_chunked(r: &mut impl BufRead) -> io::Result<Vec<u8>> {
 
 fn write_response(out: &mut TcpStream, resp: &Response, head: bool, add_close: bool) -> io::Result<()> {
     let reason = match resp.status {
-        200 => "OK", 201 => "Created", 202 => "Accepted", 204 => "No Content", 400 => "Bad Request",
-        401 => "Unauthorized", 403 => "Forbidden", 404 => "Not Found", 429 => "Too Many Requests",
-        500 => "Internal Server Error", 502 => "Bad Gateway", 503 => "Service Unavailable", _ => "Status",
+        200 => "OK", 201 => "Created", 202 => "Accepted", 204 => "No Content", 400 => "Bad Request", 401 => "Unauthorized",
+        403 => "Forbidden", 404 => "Not Found", 429 => "Too Many Requests", 500 => "Internal Server Error", 503 => "Service Unavailable",
+        _ => "Whatever",
     };
     let mut buf = format!("HTTP/1.1 {} {reason}\r\n", resp.status).into_bytes();
     for (k, v) in &resp.headers {
@@ -314,4 +297,27 @@ fn write_response(out: &mut TcpStream, resp: &Response, head: bool, add_close: b
     }
     out.write_all(&buf)?;
     out.flush()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Keep-alive, both body framings and `Connection: close`, as raw bytes on one connection.
+    #[test]
+    fn one_connection_carries_several_requests_until_close() {
+        let server = FakeServer::start(|req| Response::text(201, &format!("{} {} {}", req.method, req.route(), req.text())));
+        let mut c = TcpStream::connect(server.url().trim_start_matches("http://")).unwrap();
+        c.write_all(b"POST /a?x=1%2B1&y=a+b HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello").unwrap();
+        c.write_all(b"POST /b HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3;ext=1\r\nabc\r\n2\r\nde\r\n0\r\nX-T: 1\r\n\r\n").unwrap();
+        c.write_all(b"GET /c HTTP/1.1\r\nConnection: close\r\n\r\n").unwrap();
+        let mut all = String::new();
+        c.read_to_string(&mut all).unwrap(); // ends: the server closed after /c
+        assert_eq!(all.matches("HTTP/1.1 201 Created").count(), 3, "{all}");
+        assert!(all.contains("POST /a hello") && all.contains("POST /b abcde") && all.ends_with("GET /c "), "{all}");
+        let reqs = server.requests();
+        assert_eq!(reqs.iter().map(|r| r.path.as_str()).collect::<Vec<_>>(), ["/a?x=1%2B1&y=a+b", "/b", "/c"]);
+        assert_eq!((reqs[0].query("x").as_deref(), reqs[0].query("y").as_deref(), reqs[0].header("HOST")), (Some("1+1"), Some("a b"), Some("h")));
+        assert_eq!(reqs[1].body, b"abcde");
+    }
 }
