@@ -81,8 +81,15 @@ pub fn audit(args: AuditArgs) -> anyhow::Result<ExitCode> {
         (Some(project), Some(location)) => {
             let runtime = Runtime::new();
             let api_config = SchedulerApiConfig { enabled: true, ..config.scheduler_api.clone() };
-            let mut api = SchedulerApi::connect(&api_config, runtime.handle()).map_err(|e| anyhow::anyhow!("{e}"))?;
-            let jobs = api.list(project, location).map_err(|e| anyhow::anyhow!("cannot list jobs of projects/{project}/locations/{location}: {e}"))?;
+            // An API that refuses or cannot be reached is a set-up problem the user fixes
+            // (credentials, roles/cloudscheduler.viewer, the endpoint): exit 2, not 1, which
+            // means "findings".
+            let mut api = SchedulerApi::connect(&api_config, runtime.handle()).map_err(usage)?;
+            let jobs = api.list(project, location).map_err(|e| {
+                usage(format!(
+                    "cannot list jobs of projects/{project}/locations/{location}: {e}; schedwatch needs roles/cloudscheduler.viewer there"
+                ))
+            })?;
             (jobs.into_iter().map(std::sync::Arc::new).collect::<Vec<_>>(), AuthSource::SchedulerApi)
         }
         _ => {

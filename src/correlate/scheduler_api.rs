@@ -87,7 +87,11 @@ pub struct SchedulerApi {
 impl SchedulerApi {
     /// Builds the client on `runtime` (which must outlive it).
     pub fn connect(config: &SchedulerApiConfig, runtime: tokio::runtime::Handle) -> Result<SchedulerApi, ApiError> {
-        let mut builder = CloudScheduler::builder();
+        use google_cloud_gax::retry_policy::{Aip194Strict, RetryPolicyExt as _};
+        // Retries stop before our own deadline, so a failed look-up reports its real cause
+        // ("connection refused", "permission denied") rather than a timeout.
+        let retry_budget = config.timeout.mul_f32(0.8);
+        let mut builder = CloudScheduler::builder().with_retry_policy(Aip194Strict.with_time_limit(retry_budget));
         if let Some(endpoint) = &config.endpoint {
             builder = builder.with_endpoint(endpoint.clone());
         }
@@ -140,11 +144,9 @@ impl SchedulerApi {
             let page = self
                 .runtime
                 .block_on(async { tokio::time::timeout(self.config.timeout, call).await })
-                .map_err(|_| ApiError::Timeout(self.config.timeout))?
-                .map_err(|e| {
-                    self.errors += 1;
-                    ApiError::Call(e.to_string())
-                })?;
+                .map_err(|_| ApiError::Timeout(self.config.timeout))
+                .and_then(|r| r.map_err(|e| ApiError::Call(e.to_string())))
+                .inspect_err(|_| self.errors += 1)?;
             for job in &page.jobs {
                 match to_config(job) {
                     Ok(j) => jobs.push(j),
@@ -160,8 +162,16 @@ impl SchedulerApi {
 }
 
 /// The client's `Job` serialises as the REST JSON: read it with the inventory's reader, so both
-/// sources give the same config for the same job.
+/// sources give the same config for the same job. Except enums: the client writes them as
+/// numbers (`"httpMethod": 1`, it asks the API for `enum-encoding=int`), while gcloud and the
+/// inventory use names, so the one enum the reader takes is put back as its name.
 fn to_config(job: &google_cloud_scheduler_v1::model::Job) -> Result<JobConfig, ApiError> {
-    let value = serde_json::to_value(job).map_err(|e| ApiError::BadJob(e.to_string()))?;
+    let mut value = serde_json::to_value(job).map_err(|e| ApiError::BadJob(e.to_string()))?;
+    if let (Some(target), Some(http)) = (value.get_mut("httpTarget"), job.http_target()) {
+        match http.http_method.name() {
+            Some(name) => target["httpMethod"] = name.into(),
+            None => _ = target.as_object_mut().map(|t| t.remove("httpMethod")),
+        }
+    }
     JobConfig::from_value(value).map_err(|e| ApiError::BadJob(e.to_string()))
 }

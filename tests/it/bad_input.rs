@@ -1,0 +1,397 @@
+//! The bad-input corpus, through the real binary (CONTRACT section 1: a line or message that
+//! is not valid JSON, not a scheduler entry, or lacks a usable job or timestamp is skipped and
+//! counted, with one warning that names why; it never stops the run).
+//!
+//! Every bad item is mixed with good entries (the 401 fixture with distinct insertIds, then a
+//! success), read from a file and from stdin, and checked for: exit 0, no panic, the good
+//! entries' alerts, the summary line's count per skip reason, and one warning per reason.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::Path;
+use std::process::{Output, Stdio};
+
+use serde_json::{json, Value};
+
+use crate::common::{bin, fixture, ndjson, projection, stderr, write};
+
+const JOB: &str = "acme-data-prod/europe-west1/nightly-etl-trigger";
+
+/// A fixture, compact, with fields replaced.
+fn entry(name: &str, insert_id: &str, timestamp: &str) -> Value {
+    let mut e: Value = serde_json::from_slice(&std::fs::read(fixture(name)).unwrap()).unwrap();
+    e["insertId"] = json!(insert_id);
+    e["timestamp"] = json!(timestamp);
+    e
+}
+
+fn failure(i: usize) -> Vec<u8> {
+    let e = entry("logs/attempt_finished_401_oidc_run_job.json", &format!("badinput{i:06}"), &format!("2026-03-02T02:{:02}:07.298114Z", i * 10));
+    serde_json::to_vec(&e).unwrap()
+}
+
+fn success() -> Vec<u8> {
+    let e = entry("logs/attempt_finished_200_success.json", "badinput-ok", "2026-03-02T03:00:06.875501Z");
+    serde_json::to_vec(&e).unwrap()
+}
+
+/// A scheduler entry with one part changed: the shapes of the "usable job / timestamp" rules.
+fn scheduler_entry(edit: impl FnOnce(&mut Value)) -> Vec<u8> {
+    let mut e: Value = serde_json::from_slice(&failure(99)).unwrap();
+    edit(&mut e);
+    serde_json::to_vec(&e).unwrap()
+}
+
+fn b64(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// Skip reasons (SkipReason::as_str) → how many items of the corpus have each.
+fn want_skips() -> BTreeMap<String, u64> {
+    [
+        ("invalid_json", 4),
+        ("not_an_object", 5),
+        ("not_a_scheduler_entry", 2),
+        ("malformed_entry", 1),
+        ("missing_job_labels", 2),
+        ("bad_timestamp", 2),
+        ("bad_pubsub_message", 2),
+        ("too_large", 1),
+    ]
+    .into_iter()
+    .map(|(r, n)| (r.to_owned(), n))
+    .collect()
+}
+
+/// The bad items, each one line (without its newline), with the reason each is skipped for.
+fn bad_items() -> Vec<(&'static str, Vec<u8>)> {
+    let good = failure(50);
+    let mut non_utf8 = good.clone();
+    let at = non_utf8.windows(8).position(|w| w == b"badinput").unwrap();
+    non_utf8[at..at + 3].copy_from_slice(b"\xff\xfe\xc3");
+    let mut deep = "[".repeat(100_000).into_bytes();
+    deep.extend(std::iter::repeat_n(b']', 100_000));
+    // 10 MiB of debugInfo in an otherwise real-shaped entry.
+    let huge = scheduler_entry(|e| e["jsonPayload"]["debugInfo"] = json!("x".repeat(10 * 1024 * 1024)));
+    vec![
+        ("invalid_json", good[..good.len() / 2].to_vec()), // truncated
+        ("invalid_json", non_utf8),
+        ("invalid_json", deep), // 100,000 levels
+        ("invalid_json", serde_json::to_vec(&json!({"message": {"data": b64(b"{\"resource\": {")}})).unwrap()),
+        ("not_an_object", b"null".to_vec()),
+        ("not_an_object", b"42".to_vec()),
+        ("not_an_object", b"\"a string\"".to_vec()),
+        ("not_an_object", b"true".to_vec()),
+        ("not_an_object", b"[]".to_vec()),
+        (
+            "not_a_scheduler_entry",
+            serde_json::to_vec(&json!({"insertId": "gce1", "logName": "projects/acme-data-prod/logs/syslog",
+                "resource": {"type": "gce_instance", "labels": {"instance_id": "1", "zone": "europe-west1-b"}},
+                "timestamp": "2026-03-02T02:00:00.000000Z", "textPayload": "hello"}))
+            .unwrap(),
+        ),
+        ("not_a_scheduler_entry", b"{}".to_vec()),
+        ("malformed_entry", scheduler_entry(|e| e["resource"]["labels"] = json!("acme-data-prod/europe-west1/nightly-etl-trigger"))),
+        ("missing_job_labels", scheduler_entry(|e| drop(e["resource"]["labels"].as_object_mut().unwrap().remove("job_id")))),
+        ("missing_job_labels", scheduler_entry(|e| e["resource"]["labels"]["project_id"] = json!(""))),
+        ("bad_timestamp", scheduler_entry(|e| e["timestamp"] = json!("yesterday"))),
+        ("bad_timestamp", scheduler_entry(|e| drop(e.as_object_mut().unwrap().remove("timestamp")))),
+        ("bad_pubsub_message", br#"{"message":{"data":"not base64!","messageId":"1"},"subscription":"projects/p/subscriptions/s"}"#.to_vec()),
+        ("bad_pubsub_message", br#"{"receivedMessages":[{"ackId":"a","message":{"data":"%%%%","messageId":"2"}}]}"#.to_vec()),
+        ("too_large", huge),
+    ]
+}
+
+/// The corpus as a file: good entries among the bad items, blank lines, CRLF endings, and a
+/// last line (a good entry) with no newline. `bad_first` puts a truncated line first, so the
+/// reader's "is this a pretty-printed document?" guess sees invalid JSON at the start.
+fn corpus(bad_first: bool) -> Vec<u8> {
+    let bad = bad_items();
+    let counted: u64 = want_skips().values().sum();
+    assert_eq!(bad.len() as u64, counted, "want_skips() and bad_items() disagree");
+    let mut lines: Vec<(Vec<u8>, &str)> = Vec::new();
+    let mut good = (0..3).map(failure);
+    let mut bad = bad.into_iter().map(|(_, b)| b);
+    if bad_first {
+        lines.push((bad.next().unwrap(), "\n"));
+    }
+    lines.push((good.next().unwrap(), "\r\n"));
+    lines.push((Vec::new(), "\n"));
+    lines.push((b"   \t".to_vec(), "\r\n"));
+    for (i, b) in bad.enumerate() {
+        lines.push((b, if i % 2 == 0 { "\n" } else { "\r\n" }));
+        if i % 6 == 5 {
+            if let Some(g) = good.next() {
+                lines.push((g, "\n"));
+            }
+        }
+    }
+    lines.extend(good.map(|g| (g, "\r\n")));
+    lines.push((Vec::new(), "\r\n"));
+    lines.push((success(), "")); // no newline at the end of the file
+    let mut out = Vec::new();
+    for (l, end) in lines {
+        out.extend(l);
+        out.extend(end.as_bytes());
+    }
+    out
+}
+
+/// `schedwatch replay --format json ARGS`, feeding `stdin` when given.
+fn replay(args: &[&str], stdin: Option<Vec<u8>>) -> Output {
+    let mut cmd = bin();
+    cmd.arg("replay").arg("--format").arg("json").args(args).env("NO_COLOR", "1");
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
+    let mut child = cmd.spawn().expect("schedwatch runs");
+    let writer = stdin.map(|bytes| {
+        let mut pipe = child.stdin.take().unwrap();
+        // Written from a thread: the child reads while the test collects its output. A broken
+        // pipe (the child stopped reading) shows up as a missing entry below, not here.
+        std::thread::spawn(move || {
+            let _ = pipe.write_all(&bytes);
+        })
+    });
+    let out = child.wait_with_output().unwrap();
+    if let Some(w) = writer {
+        w.join().unwrap();
+    }
+    out
+}
+
+fn replay_file(path: &Path) -> Output {
+    replay(&[path.to_str().unwrap()], None)
+}
+
+/// The summary line: `schedwatch replay: N entries read, M skipped (reason n, …), …`.
+#[derive(Debug, PartialEq)]
+struct Summary {
+    entries: u64,
+    skipped: BTreeMap<String, u64>,
+}
+
+fn summary(err: &str) -> Summary {
+    let line = err
+        .lines()
+        .find_map(|l| l.split_once("schedwatch replay: ").map(|(_, s)| s))
+        .unwrap_or_else(|| panic!("no `schedwatch replay:` summary in stderr:\n{err}"));
+    let (n, rest) = line.split_once(" entries read, ").unwrap_or_else(|| panic!("summary: {line}"));
+    let entries = n.trim().parse().unwrap_or_else(|_| panic!("summary: {line}"));
+    let mut skipped = BTreeMap::new();
+    if !rest.starts_with("none skipped") {
+        let (total, rest) = rest.split_once(" skipped (").unwrap_or_else(|| panic!("summary: {line}"));
+        let (list, _) = rest.split_once(')').unwrap_or_else(|| panic!("summary: {line}"));
+        for part in list.split(", ") {
+            let (reason, k) = part.rsplit_once(' ').unwrap_or_else(|| panic!("summary: {line}"));
+            skipped.insert(reason.to_owned(), k.parse().unwrap_or_else(|_| panic!("summary: {line}")));
+        }
+        let total: u64 = total.trim().parse().unwrap_or_else(|_| panic!("summary: {line}"));
+        assert_eq!(total, skipped.values().sum::<u64>(), "the skipped total disagrees with its parts: {line}");
+    }
+    Summary { entries, skipped }
+}
+
+/// Exit 0, no panic, and the summary's per-reason counts; one warning per reason.
+fn problems(what: &str, out: &Output, want_entries: u64, want_skips: &BTreeMap<String, u64>) -> Vec<String> {
+    let err = stderr(out);
+    let mut p = Vec::new();
+    if out.status.code() != Some(0) {
+        p.push(format!("{what}: exit {:?}, want 0", out.status.code()));
+    }
+    if err.contains("panicked") {
+        p.push(format!("{what}: panicked"));
+    }
+    if !err.contains("schedwatch replay: ") {
+        p.push(format!("{what}: no summary line; stderr: {}", tail(&err)));
+        return p;
+    }
+    let got = summary(&err);
+    if got.skipped != *want_skips {
+        p.push(format!("{what}: skipped {:?}, want {want_skips:?}", got.skipped));
+    }
+    if got.entries != want_entries {
+        p.push(format!("{what}: {} entries read, want {want_entries}", got.entries));
+    }
+    let warnings: Vec<&str> = err.lines().filter(|l| l.contains("skipped an entry")).collect();
+    if warnings.len() != got.skipped.len() {
+        p.push(format!("{what}: {} 'skipped an entry' warnings for {} reasons: {warnings:#?}", warnings.len(), got.skipped.len()));
+    }
+    for reason in got.skipped.keys() {
+        let n = warnings.iter().filter(|w| w.contains(reason.as_str())).count();
+        if n != 1 {
+            p.push(format!("{what}: {n} warnings name {reason}, want 1"));
+        }
+    }
+    p
+}
+
+fn tail(s: &str) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(15)..].join("\n")
+}
+
+#[test]
+fn the_corpus_is_skipped_and_counted_while_good_entries_alert() {
+    let dir = tempfile::tempdir().unwrap();
+    let want_alerts = vec![
+        (JOB.to_owned(), "firing".to_owned(), "auth-config-unavailable".to_owned(), 3),
+        (JOB.to_owned(), "resolved".to_owned(), "auth-config-unavailable".to_owned(), 3),
+    ];
+    let skips = want_skips();
+    let entries = skips.values().sum::<u64>() + 4;
+    let mut all = Vec::new();
+    for bad_first in [false, true] {
+        let bytes = corpus(bad_first);
+        assert!(bytes.len() > 10 * 1024 * 1024);
+        let path = write(dir.path(), &format!("corpus-{bad_first}.ndjson"), &bytes);
+        for (door, out) in [("file", replay_file(&path)), ("stdin", replay(&["-"], Some(bytes)))] {
+            let what = format!("{door}, {}", if bad_first { "truncated line first" } else { "good line first" });
+            all.extend(problems(&what, &out, entries, &skips));
+            let got = projection(&ndjson(&out));
+            if got != want_alerts {
+                all.push(format!("{what}: alerts {got:?}, want {want_alerts:?}"));
+            }
+        }
+    }
+    assert!(all.is_empty(), "{}", all.join("\n"));
+}
+
+#[test]
+fn each_bad_item_alone_is_skipped_for_its_reason() {
+    // One good line first (so the file is read as NDJSON), then the item: the reason is the
+    // item's own, not an effect of its neighbours.
+    let dir = tempfile::tempdir().unwrap();
+    let mut all = Vec::new();
+    for (i, (reason, item)) in bad_items().into_iter().enumerate() {
+        let mut bytes = failure(0);
+        bytes.push(b'\n');
+        bytes.extend(&item);
+        bytes.push(b'\n');
+        let path = write(dir.path(), &format!("item-{i}.ndjson"), &bytes);
+        let out = replay_file(&path);
+        let want: BTreeMap<String, u64> = [(reason.to_owned(), 1)].into();
+        let shown = String::from_utf8_lossy(&item[..item.len().min(60)]).into_owned();
+        all.extend(problems(&format!("item {i} ({shown})"), &out, 2, &want));
+    }
+    assert!(all.is_empty(), "{}", all.join("\n"));
+}
+
+#[test]
+fn an_array_inside_ndjson_is_not_an_entry() {
+    // serde's derived structs also accept a JSON array, field by field in declaration order:
+    // an array line must not be read as a LogEntry (CONTRACT section 1: not an object).
+    let dir = tempfile::tempdir().unwrap();
+    let positional = json!([
+        "projects/acme-data-prod/logs/cloudscheduler.googleapis.com%2Fexecutions",
+        "positional-1",
+        "2026-03-02T02:00:07.298114Z",
+        {"type": "cloud_scheduler_job", "labels": {"project_id": "acme-data-prod", "location": "europe-west1", "job_id": "nightly-etl-trigger"}},
+        {"@type": "type.googleapis.com/google.cloud.scheduler.logging.AttemptFinished", "status": "UNAUTHENTICATED"},
+        {"status": 401}
+    ]);
+    let mut text = String::from_utf8(failure(0)).unwrap();
+    text.push('\n');
+    for i in 0..3 {
+        let mut p = positional.clone();
+        p[1] = json!(format!("positional-{i}"));
+        text.push_str(&format!("{p}\n"));
+    }
+    text.push_str("[\"projects/p/logs/x\", \"id\"]\n");
+    let path = write(dir.path(), "arrays.ndjson", text);
+    let out = replay_file(&path);
+    let want: BTreeMap<String, u64> = [("not_an_object".to_owned(), 4)].into();
+    let p = problems("array lines", &out, 5, &want);
+    assert!(p.is_empty(), "{}", p.join("\n"));
+    assert_eq!(ndjson(&out).len(), 0, "one 401 makes no alert without an inventory; arrays add none");
+}
+
+#[test]
+fn bad_items_inside_a_json_array_are_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let good: Vec<Value> = (0..3).map(|i| serde_json::from_slice(&failure(i)).unwrap()).collect();
+    let doc = json!([
+        serde_json::from_slice::<Value>(&success()).unwrap(),
+        good[2], null, 42, "text", {},
+        serde_json::from_slice::<Value>(&scheduler_entry(|e| e["timestamp"] = json!("2026-13-45T99:00:00Z"))).unwrap(),
+        {"message": {"data": "not base64!"}},
+        good[1], good[0],
+    ]);
+    let path = write(dir.path(), "gcloud.json", serde_json::to_string_pretty(&doc).unwrap());
+    let out = replay_file(&path);
+    let want: BTreeMap<String, u64> =
+        [("not_an_object", 3), ("not_a_scheduler_entry", 1), ("bad_timestamp", 1), ("bad_pubsub_message", 1)]
+            .into_iter()
+            .map(|(r, n)| (r.to_owned(), n))
+            .collect();
+    let p = problems("array document", &out, 10, &want);
+    assert!(p.is_empty(), "{}", p.join("\n"));
+    // Newest first in the file, processed in time order: three failures, then the success.
+    let got = projection(&ndjson(&out));
+    assert_eq!(
+        got,
+        vec![
+            (JOB.to_owned(), "firing".to_owned(), "auth-config-unavailable".to_owned(), 3),
+            (JOB.to_owned(), "resolved".to_owned(), "auth-config-unavailable".to_owned(), 3),
+        ]
+    );
+}
+
+#[test]
+fn an_empty_file_is_no_entries_and_no_alerts() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, text) in [("empty.ndjson", ""), ("blank.ndjson", "\n\r\n  \n\t")] {
+        let path = write(dir.path(), name, text);
+        for (door, out) in [("file", replay_file(&path)), ("stdin", replay(&["-"], Some(text.as_bytes().to_vec())))] {
+            let what = format!("{name} via {door}");
+            let p = problems(&what, &out, 0, &BTreeMap::new());
+            assert!(p.is_empty(), "{}", p.join("\n"));
+            assert!(ndjson(&out).is_empty(), "{what}: alerts from nothing");
+        }
+    }
+}
+
+#[test]
+fn a_missing_file_is_a_usage_error_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("no-such-logs.ndjson");
+    let out = replay_file(&path);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "stderr: {err}");
+    assert!(err.contains("no-such-logs.ndjson"), "the message names the file: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn a_pretty_printed_entry_is_one_entry() {
+    let jobs = fixture("jobs/oidc_to_googleapis_run_job_broken.json");
+    let file = fixture("logs/attempt_finished_401_oidc_run_job.json");
+    let text = std::fs::read(&file).unwrap();
+    assert!(text.iter().filter(|&&b| b == b'\n').count() > 10, "the fixture is pretty-printed");
+    let want = vec![(JOB.to_owned(), "firing".to_owned(), "oidc-token-for-google-api".to_owned(), 1)];
+    for (door, out) in [
+        ("file", replay(&["--jobs", jobs.to_str().unwrap(), file.to_str().unwrap()], None)),
+        ("stdin", replay(&["--jobs", jobs.to_str().unwrap(), "-"], Some(text))),
+    ] {
+        let p = problems(door, &out, 1, &BTreeMap::new());
+        assert!(p.is_empty(), "{}", p.join("\n"));
+        assert_eq!(projection(&ndjson(&out)), want, "{door}");
+    }
+}
+
+#[test]
+fn a_pretty_printed_entry_after_blank_lines_is_one_entry() {
+    // Leading whitespace (an editor's blank line, `echo; cat entry.json`) does not make a
+    // pretty-printed document into lines of broken JSON.
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read(fixture("logs/attempt_finished_401_oidc_run_job.json")).unwrap();
+    let mut all = Vec::new();
+    for (i, lead) in ["\n", "\r\n\n", "  \n  "].iter().enumerate() {
+        let mut bytes = lead.as_bytes().to_vec();
+        bytes.extend(&text);
+        let path = write(dir.path(), &format!("lead-{i}.json"), &bytes);
+        all.extend(problems(&format!("leading {lead:?}"), &replay_file(&path), 1, &BTreeMap::new()));
+    }
+    assert!(all.is_empty(), "{}", all.join("\n"));
+}

@@ -314,10 +314,10 @@ fn audit_of_a_location_the_api_refuses_is_an_error_that_names_it() {
     let cfg = config(dir.path(), &api.url(), "");
     let out = run(&["audit", "--config", cfg.to_str().unwrap(), "--project", PROJECT, "--location", LOCATION]);
     let err = stderr(&out);
-    // Not 0, not 2 (nothing for the user to change on the command line). main.rs maps runtime
-    // failures to 1, the same code as "findings": the message tells them apart.
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    // Not 1, which means "findings": 2, a set-up problem, with what to change.
+    assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("projects/acme-data-prod/locations/europe-west1") && err.contains("permission"), "{err}");
+    assert!(err.contains("roles/cloudscheduler.viewer"), "{err}");
     assert!(out.stdout.is_empty(), "no job lines from a failed listing");
     assert_eq!(api.requests().len(), 1, "a 403 is not retried: {:#?}", api.requests());
 }

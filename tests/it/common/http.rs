@@ -308,6 +308,7 @@ mod tests {
     fn one_connection_carries_several_requests_until_close() {
         let server = FakeServer::start(|req| Response::text(201, &format!("{} {} {}", req.method, req.route(), req.text())));
         let mut c = TcpStream::connect(server.url().trim_start_matches("http://")).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         c.write_all(b"POST /a?x=1%2B1&y=a+b HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello").unwrap();
         c.write_all(b"POST /b HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3;ext=1\r\nabc\r\n2\r\nde\r\n0\r\nX-T: 1\r\n\r\n").unwrap();
         c.write_all(b"GET /c HTTP/1.1\r\nConnection: close\r\n\r\n").unwrap();
