@@ -313,6 +313,9 @@ impl Decoder {
         if data.len() > MAX_ENTRY_BYTES {
             return Err(SkipReason::TooLarge);
         }
+        if !is_object(data) {
+            return Err(classify(data));
+        }
         let item: RawItem = serde_json::from_slice(data).map_err(|_| classify(data))?;
         entry(item)
     }
@@ -321,6 +324,11 @@ impl Decoder {
         if bytes.len() > MAX_ENTRY_BYTES && depth > 0 {
             out.push(Err(SkipReason::TooLarge));
             return;
+        }
+        // serde's derived structs also read a JSON array, field by field in declaration order:
+        // only an object can be a LogEntry or a Pub/Sub wrapper.
+        if !is_object(bytes) {
+            return out.push(Err(classify(bytes)));
         }
         let item: RawItem = match serde_json::from_slice(bytes) {
             Ok(item) => item,
@@ -365,6 +373,11 @@ impl Decoder {
             None => out.push(Err(SkipReason::BadPubsubMessage)),
         }
     }
+}
+
+/// Whether the first non-whitespace byte opens a JSON object.
+fn is_object(bytes: &[u8]) -> bool {
+    bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
 }
 
 /// Why bytes that failed the typed parse were rejected.

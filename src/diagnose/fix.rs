@@ -137,7 +137,8 @@ fn grant_invoker(f: &Facts<'_>) -> Fix {
         let topic = topic.clone().unwrap_or_else(|| format!("projects/{}/topics/TOPIC", j.project));
         let agent = format!("serviceAccount:service-PROJECT_NUMBER@gcp-sa-cloudscheduler.iam.gserviceaccount.com");
         let gcloud = format!(
-            "# Cloud Scheduler publishes as its service agent; PROJECT_NUMBER is {}'s number.\n\
+            "# A Pub/Sub target needs no roles/run.invoker: Cloud Scheduler publishes as its service\n\
+             # agent, which needs roles/pubsub.publisher on the topic. PROJECT_NUMBER is {}'s number.\n\
              gcloud pubsub topics add-iam-policy-binding {} \\\n  --project={} \\\n  --member={} \\\n  --role=roles/pubsub.publisher",
             j.project,
             sh(&topic),

@@ -10,7 +10,7 @@ pub mod target;
 
 use serde::{Deserialize, Serialize};
 
-use crate::correlate::{AuthSource, HttpTarget, JobConfig, Lookup, Token};
+use crate::correlate::{AuthSource, HttpTarget, JobConfig, Lookup, Target, Token};
 use crate::decode::Outcome;
 use crate::JobKey;
 pub use fix::Fix;
@@ -182,7 +182,12 @@ impl Diagnoser {
     pub fn diagnose(&self, job: &JobKey, lookup: &Lookup, outcome: Outcome, log_url: Option<&str>) -> Diagnosis {
         let config = lookup.config.as_deref();
         let http = config.and_then(JobConfig::http);
-        let uri = http.and_then(|h| h.uri.clone()).or_else(|| log_url.map(str::to_owned)).unwrap_or_default();
+        let topic = match config.map(|c| &c.target) {
+            Some(Target::PubSub { topic }) => topic.clone(),
+            _ => None,
+        };
+        // A Pub/Sub target has no URL: the topic names what the job calls.
+        let uri = http.and_then(|h| h.uri.clone()).or_else(|| log_url.map(str::to_owned)).or(topic).unwrap_or_default();
         let kind = TargetKind::of(&uri);
         let case = Case { job, config, http, uri, kind, outcome: Some(outcome) };
         let code = match (config, http) {

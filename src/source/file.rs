@@ -59,6 +59,7 @@ pub fn replay(path: &Path, pipeline: &mut Pipeline, emit: &mut dyn FnMut(&[Alert
         Ok(())
     };
 
+    lines.skip_bom().map_err(io_err)?;
     let result = match lines.first_byte().map_err(io_err)? {
         None => Ok(()),
         Some(b'[') => {
@@ -71,7 +72,8 @@ pub fn replay(path: &Path, pipeline: &mut Pipeline, emit: &mut dyn FnMut(&[Alert
                 match lines.next().map_err(io_err)? {
                     Next::Eof => break Ok(()),
                     Next::TooLong => pipeline.skip(SkipReason::TooLarge),
-                    Next::Line(line) if is_blank(line) => {}
+                    // Blank lines are not entries, and do not end the "first line" either.
+                    Next::Line(line) if is_blank(line) => continue,
                     // A first line that is not a whole JSON value starts a pretty-printed
                     // document: read it whole.
                     Next::Line(line) if first_line && serde_json::from_slice::<serde::de::IgnoredAny>(line).is_err() => {
@@ -164,6 +166,15 @@ impl<R: Read> Lines<R> {
     fn new(reader: R) -> Self {
         // Room for the longest accepted line plus one read.
         Lines { reader, buf: vec![0; MAX_ENTRY_BYTES + READ_BUFFER], start: 0, end: 0, eof: false, discarding: false }
+    }
+
+    /// Skips a UTF-8 byte-order mark at the start (some Windows editors write one).
+    fn skip_bom(&mut self) -> io::Result<()> {
+        while self.end - self.start < 3 && self.fill()? {}
+        if self.buf[self.start..self.end].starts_with(b"\xEF\xBB\xBF") {
+            self.start += 3;
+        }
+        Ok(())
     }
 
     /// Reads more, after moving the unread tail to the front. False at the end of the input.

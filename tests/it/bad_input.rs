@@ -395,3 +395,19 @@ fn a_pretty_printed_entry_after_blank_lines_is_one_entry() {
     }
     assert!(all.is_empty(), "{}", all.join("\n"));
 }
+
+#[test]
+fn a_byte_order_mark_does_not_cost_the_first_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut text = b"\xEF\xBB\xBF".to_vec();
+    for i in 0..3 {
+        text.extend_from_slice(&failure(i));
+        text.push(b'\n');
+    }
+    let path = crate::common::write(dir.path(), "bom.ndjson", text);
+    let out = replay_file(&path);
+    assert!(out.status.success());
+    let s = summary(&crate::common::stderr(&out));
+    assert_eq!((s.entries, s.skipped.len()), (3, 0), "{s:?}");
+    assert_eq!(crate::common::ndjson(&out).len(), 1, "the third 401 fires (no inventory)");
+}
