@@ -29,9 +29,20 @@ pub fn check_config(args: CheckConfigArgs) -> anyhow::Result<ExitCode> {
     println!(
         "{}: ok (source: {}; inventory: {}; Scheduler API: {}; {} receiver(s))",
         args.file.display(),
-        c.source.path.as_ref().map_or("none".into(), |p| p.get_ref().display().to_string()),
-        c.jobs.inventory.as_ref().map_or("none".into(), |p| p.get_ref().display().to_string()),
-        if c.scheduler_api.enabled { "enabled" } else { "disabled" },
+        match (&c.source.path, &c.source.subscription) {
+            (Some(p), _) => p.get_ref().display().to_string(),
+            (None, Some(s)) => s.get_ref().clone(),
+            (None, None) => "none".into(),
+        },
+        c.jobs
+            .inventory
+            .as_ref()
+            .map_or("none".into(), |p| p.get_ref().display().to_string()),
+        if c.scheduler_api.enabled {
+            "enabled"
+        } else {
+            "disabled"
+        },
         c.receivers.len()
     );
     Ok(ExitCode::SUCCESS)
@@ -39,48 +50,143 @@ pub fn check_config(args: CheckConfigArgs) -> anyhow::Result<ExitCode> {
 
 /// `schedwatch replay`.
 pub fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
-    let loaded = args.config.as_deref().map(Loaded::from_file).transpose().map_err(usage)?;
+    let loaded = args
+        .config
+        .as_deref()
+        .map(Loaded::from_file)
+        .transpose()
+        .map_err(usage)?;
     let formats = match (args.format, &loaded) {
         (Some(f), _) => vec![f],
         (None, Some(l)) if !l.config.receivers.is_empty() => receiver_formats(&l.config),
         (None, _) => vec![Format::Json],
     };
-    let files = if args.files.is_empty() { vec![PathBuf::from("-")] } else { args.files };
+    let files = if args.files.is_empty() {
+        vec![PathBuf::from("-")]
+    } else {
+        args.files
+    };
     let runtime = Runtime::new();
-    let mut pipeline = build_pipeline(loaded.as_ref(), args.jobs.as_deref(), &runtime)?;
+    let config = loaded
+        .as_ref()
+        .map(|l| l.config.clone())
+        .unwrap_or_default();
+    let inventory = args.jobs.clone().or_else(|| {
+        loaded.as_ref().and_then(|l| {
+            l.config
+                .jobs
+                .inventory
+                .as_ref()
+                .map(|p| l.resolve(p.get_ref()))
+        })
+    });
+    let mut pipeline = build_pipeline(&config, inventory.as_deref(), &runtime)?;
     feed(&files, &mut pipeline, &formats)?;
     eprintln!("schedwatch replay: {}", pipeline.stats.summary());
     Ok(ExitCode::SUCCESS)
 }
 
-/// `schedwatch run --config FILE`: with a file source, the file is read to its end.
+/// `schedwatch run`: a file source is read to its end; a subscription is consumed until
+/// SIGTERM or SIGINT.
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
-    let loaded = Loaded::from_file(&args.config).map_err(usage)?;
-    let Some(path) = loaded.config.source.path.as_ref().map(|p| loaded.resolve(p.get_ref())) else {
-        return Err(usage(format!("{}: [source] needs `path = \"LOGS\"`", args.config.display())));
-    };
-    let mut formats = receiver_formats(&loaded.config);
+    let loaded = args
+        .config
+        .as_deref()
+        .map(Loaded::from_file)
+        .transpose()
+        .map_err(usage)?;
+    let mut config = loaded
+        .as_ref()
+        .map(|l| l.config.clone())
+        .unwrap_or_default();
+    let resolve = |p: &Path| loaded.as_ref().map_or(p.to_owned(), |l| l.resolve(p));
+    if let Some(sub) = &args.subscription {
+        if !crate::config::is_subscription_name(sub) {
+            return Err(usage(format!(
+                "--subscription {sub:?} is not projects/PROJECT/subscriptions/SUBSCRIPTION"
+            )));
+        }
+        config.source.path = None;
+        config.source.subscription = Some(toml::Spanned::new(0..0, sub.clone()));
+    }
+    let inventory = args
+        .jobs
+        .clone()
+        .or_else(|| config.jobs.inventory.as_ref().map(|p| resolve(p.get_ref())));
+    let mut formats = receiver_formats(&config);
     formats.extend(args.format);
     if formats.is_empty() {
-        tracing::warn!("no receivers configured: alerts are only counted; add [[receivers]] or --format json");
+        tracing::warn!(
+            "no receivers configured: alerts are only counted; add [[receivers]] or --format json"
+        );
     }
-    let runtime = Runtime::new();
-    let mut pipeline = build_pipeline(Some(&loaded), None, &runtime)?;
-    tracing::info!(source = %path.display(), "reading the file source");
-    feed(&[path], &mut pipeline, &formats)?;
-    eprintln!("schedwatch run: {}; {} incidents still open", pipeline.stats.summary(), pipeline.incidents().open_count());
+    let runtime = std::sync::Arc::new(Runtime::new());
+
+    if let Some(path) = config.source.path.as_ref().map(|p| resolve(p.get_ref())) {
+        let mut pipeline = build_pipeline(&config, inventory.as_deref(), &runtime)?;
+        tracing::info!(source = %path.display(), "reading the file source");
+        feed(&[path], &mut pipeline, &formats)?;
+        eprintln!(
+            "schedwatch run: {}; {} incidents still open",
+            pipeline.stats.summary(),
+            pipeline.incidents().open_count()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let Some(source) = config.source.pubsub() else {
+        return Err(usage("run needs a source: --subscription projects/P/subscriptions/S, or [source] subscription or path in the config"));
+    };
+    let state_dir = args
+        .state
+        .clone()
+        .unwrap_or_else(|| resolve(&config.state.dir));
+    let store =
+        crate::store::EmbeddedStore::open(&state_dir, config.dedup.capacity).map_err(usage)?;
+    let pipeline = build_pipeline(&config, inventory.as_deref(), &runtime)?;
+    let rebuild = {
+        let (config, inventory, runtime) = (config.clone(), inventory.clone(), runtime.clone());
+        Box::new(move || build_pipeline(&config, inventory.as_deref(), &runtime))
+    };
+    let mut stdout = NdjsonSink::new(io::stdout());
+    let emit: crate::service::Emit = Box::new(move |alert: &Alert| {
+        for format in &formats {
+            match format {
+                Format::Json => stdout.send(alert)?,
+                Format::Text => {
+                    let w = stdout.writer();
+                    writeln!(w, "{}", crate::notify::render_text(alert))?;
+                    w.flush()?;
+                }
+            }
+        }
+        Ok(())
+    });
+    let mut state = config.state.clone();
+    state.dir = state_dir;
+    crate::service::run(pipeline, store, source, state, emit, rebuild)?;
     Ok(ExitCode::SUCCESS)
 }
 
 /// `schedwatch audit`: rules 2–5 on every job; exit 1 when any job has a finding.
 pub fn audit(args: AuditArgs) -> anyhow::Result<ExitCode> {
-    let loaded = args.config.as_deref().map(Loaded::from_file).transpose().map_err(usage)?;
-    let config = loaded.as_ref().map(|l| l.config.clone()).unwrap_or_default();
+    let loaded = args
+        .config
+        .as_deref()
+        .map(Loaded::from_file)
+        .transpose()
+        .map_err(usage)?;
+    let config = loaded
+        .as_ref()
+        .map(|l| l.config.clone())
+        .unwrap_or_default();
     let diagnoser = Diagnoser::new(&config.runbook.base_url);
     let (jobs, source) = match (&args.project, &args.location) {
         (Some(project), Some(location)) => {
             let runtime = Runtime::new();
-            let api_config = SchedulerApiConfig { enabled: true, ..config.scheduler_api.clone() };
+            let api_config = SchedulerApiConfig {
+                enabled: true,
+                ..config.scheduler_api.clone()
+            };
             // An API that refuses or cannot be reached is a set-up problem the user fixes
             // (credentials, roles/cloudscheduler.viewer, the endpoint): exit 2, not 1, which
             // means "findings".
@@ -90,7 +196,12 @@ pub fn audit(args: AuditArgs) -> anyhow::Result<ExitCode> {
                     "cannot list jobs of projects/{project}/locations/{location}: {e}; schedwatch needs roles/cloudscheduler.viewer there"
                 ))
             })?;
-            (jobs.into_iter().map(std::sync::Arc::new).collect::<Vec<_>>(), AuthSource::SchedulerApi)
+            (
+                jobs.into_iter()
+                    .map(std::sync::Arc::new)
+                    .collect::<Vec<_>>(),
+                AuthSource::SchedulerApi,
+            )
         }
         _ => {
             let path = match (&args.jobs, &loaded) {
@@ -101,7 +212,10 @@ pub fn audit(args: AuditArgs) -> anyhow::Result<ExitCode> {
                 },
                 (None, None) => return Err(usage("audit needs --jobs PATH or --project P --location L")),
             };
-            (Inventory::load(&path).map_err(usage)?.sorted(), AuthSource::Inventory)
+            (
+                Inventory::load(&path).map_err(usage)?.sorted(),
+                AuthSource::Inventory,
+            )
         }
     };
     let mut any = false;
@@ -129,7 +243,13 @@ pub fn audit(args: AuditArgs) -> anyhow::Result<ExitCode> {
                     writeln!(out, "ok       {key}")?;
                 }
                 for d in &findings {
-                    writeln!(out, "FINDING  {key}  {} ({})\n  {}", d.code.as_str(), d.confidence(), d.summary)?;
+                    writeln!(
+                        out,
+                        "FINDING  {key}  {} ({})\n  {}",
+                        d.code.as_str(),
+                        d.confidence(),
+                        d.summary
+                    )?;
                     for line in d.fix.gcloud.lines() {
                         writeln!(out, "    {line}")?;
                     }
@@ -139,13 +259,27 @@ pub fn audit(args: AuditArgs) -> anyhow::Result<ExitCode> {
         }
     }
     out.flush()?;
-    let with = jobs.iter().filter(|j| !diagnoser.audit(j, source).is_empty()).count();
-    eprintln!("schedwatch audit: {} jobs, {with} with findings", jobs.len());
-    Ok(if any { ExitCode::from(1) } else { ExitCode::SUCCESS })
+    let with = jobs
+        .iter()
+        .filter(|j| !diagnoser.audit(j, source).is_empty())
+        .count();
+    eprintln!(
+        "schedwatch audit: {} jobs, {with} with findings",
+        jobs.len()
+    );
+    Ok(if any {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 fn receiver_formats(config: &Config) -> Vec<Format> {
-    config.receivers.iter().filter_map(|r| r.stdout.as_ref().map(|s| s.format)).collect()
+    config
+        .receivers
+        .iter()
+        .filter_map(|r| r.stdout.as_ref().map(|s| s.format))
+        .collect()
 }
 
 /// Feeds files through the pipeline, printing alerts as they are made.
@@ -176,28 +310,34 @@ fn feed(files: &[PathBuf], pipeline: &mut Pipeline, formats: &[Format]) -> anyho
     Ok(())
 }
 
-/// Builds the pipeline from the config, with `--jobs` overriding the config's inventory.
-fn build_pipeline(loaded: Option<&Loaded>, jobs: Option<&Path>, runtime: &Runtime) -> anyhow::Result<Pipeline> {
-    let config = loaded.map(|l| l.config.clone()).unwrap_or_default();
-    let inventory_path = match (jobs, loaded) {
-        (Some(p), _) => Some(p.to_owned()),
-        (None, Some(l)) => l.config.jobs.inventory.as_ref().map(|p| l.resolve(p.get_ref())),
-        (None, None) => None,
-    };
-    let inventory = match inventory_path {
+/// Builds the pipeline from the config and the inventory at `inventory`, if any.
+fn build_pipeline(
+    config: &Config,
+    inventory: Option<&Path>,
+    runtime: &Runtime,
+) -> anyhow::Result<Pipeline> {
+    let inventory = match inventory {
         Some(p) => {
-            let inv = Inventory::load(&p).map_err(usage)?;
+            let inv = Inventory::load(p).map_err(usage)?;
             tracing::info!(path = %p.display(), jobs = inv.len(), "job inventory loaded");
             Some(inv)
         }
         None => None,
     };
     let api = if config.scheduler_api.enabled {
-        Some(SchedulerApi::connect(&config.scheduler_api, runtime.handle()).map_err(|e| anyhow::anyhow!("{e}"))?)
+        Some(
+            SchedulerApi::connect(&config.scheduler_api, runtime.handle())
+                .map_err(|e| anyhow::anyhow!("{e}"))?,
+        )
     } else {
         None
     };
-    Ok(Pipeline::new(config.incidents.clone(), config.dedup.capacity, Correlator::new(inventory, api), Diagnoser::new(&config.runbook.base_url)))
+    Ok(Pipeline::new(
+        config.incidents.clone(),
+        config.dedup.capacity,
+        Correlator::new(inventory, api),
+        Diagnoser::new(&config.runbook.base_url),
+    ))
 }
 
 /// The async runtime for the Google clients, made on first use: a replay from inventory files

@@ -36,10 +36,21 @@ pub enum Command {
 
 /// `schedwatch run`.
 #[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("what").required(true).multiple(true).args(["config", "subscription"]))]
 pub struct RunArgs {
     /// The config file.
     #[arg(long, short)]
-    pub config: PathBuf,
+    pub config: Option<PathBuf>,
+    /// The Pub/Sub subscription fed by the log sink, `projects/P/subscriptions/S`; overrides
+    /// the config's source. `PUBSUB_EMULATOR_HOST` is honoured.
+    #[arg(long)]
+    pub subscription: Option<String>,
+    /// A Job JSON file or a folder of them; overrides the config's inventory.
+    #[arg(long)]
+    pub jobs: Option<PathBuf>,
+    /// The folder of the durable state (incidents, dedup keys, outbox); overrides `[state] dir`.
+    #[arg(long)]
+    pub state: Option<PathBuf>,
     /// Adds a stdout receiver printing alerts in this format.
     #[arg(long, value_enum)]
     pub format: Option<Format>,

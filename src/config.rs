@@ -13,6 +13,8 @@ use crate::correlate::SchedulerApiConfig;
 use crate::dedup;
 use crate::diagnose::DEFAULT_RUNBOOK;
 use crate::incidents::IncidentRules;
+use crate::service::StateConfig;
+use crate::source::pubsub::PubsubConfig;
 
 /// The whole config file.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -32,15 +34,65 @@ pub struct Config {
     pub runbook: RunbookConfig,
     /// Where alerts go.
     pub receivers: Vec<ReceiverConfig>,
+    /// The durable state of `run` on a subscription.
+    pub state: StateConfig,
 }
 
-/// `[source]`.
-#[derive(Debug, Clone, Default, Deserialize)]
+/// `[source]`: a file, or a Pub/Sub subscription.
+#[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SourceConfig {
     /// A log file to read, start to end (the bundled demo). NDJSON, a JSON array, or Pub/Sub
     /// messages.
     pub path: Option<Spanned<PathBuf>>,
+    /// A Pub/Sub subscription, `projects/P/subscriptions/S`, fed by a Cloud Logging sink.
+    pub subscription: Option<Spanned<String>>,
+    /// Streaming pulls held open at once.
+    pub streams: usize,
+    /// Messages leased and not yet acked, per stream.
+    pub max_outstanding_messages: i64,
+    /// Bytes leased and not yet acked, per stream.
+    pub max_outstanding_bytes: i64,
+    /// How far each lease extension reaches: after a crash, Pub/Sub redelivers the messages
+    /// the process held this long after its last extension (10 s to 10 min).
+    #[serde(with = "humantime_serde")]
+    pub lease_extension: std::time::Duration,
+    /// The Pub/Sub endpoint (`PUBSUB_EMULATOR_HOST` wins when set).
+    pub endpoint: Option<String>,
+}
+
+impl Default for SourceConfig {
+    fn default() -> Self {
+        let p = PubsubConfig::default();
+        SourceConfig {
+            path: None,
+            subscription: None,
+            streams: p.streams,
+            max_outstanding_messages: p.max_outstanding_messages,
+            max_outstanding_bytes: p.max_outstanding_bytes,
+            lease_extension: p.lease_extension,
+            endpoint: p.endpoint,
+        }
+    }
+}
+
+impl SourceConfig {
+    /// The Pub/Sub settings, when a subscription is configured.
+    pub fn pubsub(&self) -> Option<PubsubConfig> {
+        Some(PubsubConfig {
+            subscription: self.subscription.as_ref()?.get_ref().clone(),
+            streams: self.streams,
+            max_outstanding_messages: self.max_outstanding_messages,
+            max_outstanding_bytes: self.max_outstanding_bytes,
+            lease_extension: self.lease_extension,
+            endpoint: self.endpoint.clone(),
+        })
+    }
+}
+
+/// Whether `s` is `projects/P/subscriptions/S`.
+pub fn is_subscription_name(s: &str) -> bool {
+    matches!(s.split('/').collect::<Vec<_>>().as_slice(), ["projects", p, "subscriptions", n] if !p.is_empty() && n.len() >= 3)
 }
 
 /// `[jobs]`.
@@ -62,7 +114,9 @@ pub struct DedupConfig {
 
 impl Default for DedupConfig {
     fn default() -> Self {
-        DedupConfig { capacity: dedup::DEFAULT_CAPACITY }
+        DedupConfig {
+            capacity: dedup::DEFAULT_CAPACITY,
+        }
     }
 }
 
@@ -77,7 +131,9 @@ pub struct RunbookConfig {
 
 impl Default for RunbookConfig {
     fn default() -> Self {
-        RunbookConfig { base_url: DEFAULT_RUNBOOK.to_owned() }
+        RunbookConfig {
+            base_url: DEFAULT_RUNBOOK.to_owned(),
+        }
     }
 }
 
@@ -138,8 +194,11 @@ impl Loaded {
     /// Reads and validates a config file.
     pub fn from_file(path: &Path) -> Result<Loaded, ConfigError> {
         let file = path.display().to_string();
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigError { file: file.clone(), line: None, message: format!("cannot read the config file: {e}") })?;
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: file.clone(),
+            line: None,
+            message: format!("cannot read the config file: {e}"),
+        })?;
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
         Loaded::from_str(&text, &file, base)
     }
@@ -151,18 +210,30 @@ impl Loaded {
             line: e.span().map(|s| line_of(text, s.start)),
             message: e.message().trim().to_owned(),
         })?;
-        let loaded = Loaded { config, base, file: PathBuf::from(file), text: text.to_owned() };
+        let loaded = Loaded {
+            config,
+            base,
+            file: PathBuf::from(file),
+            text: text.to_owned(),
+        };
         loaded.validate()?;
         Ok(loaded)
     }
 
     fn error_at(&self, span: Option<std::ops::Range<usize>>, message: String) -> ConfigError {
-        ConfigError { file: self.file.display().to_string(), line: span.map(|s| line_of(&self.text, s.start)), message }
+        ConfigError {
+            file: self.file.display().to_string(),
+            line: span.map(|s| line_of(&self.text, s.start)),
+            message,
+        }
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
         let c = &self.config;
-        for (what, path) in [("source.path", &c.source.path), ("jobs.inventory", &c.jobs.inventory)] {
+        for (what, path) in [
+            ("source.path", &c.source.path),
+            ("jobs.inventory", &c.jobs.inventory),
+        ] {
             if let Some(p) = path {
                 let resolved = self.resolve(p.get_ref());
                 if !resolved.exists() {
@@ -173,22 +244,76 @@ impl Loaded {
                 }
             }
         }
+        if let (Some(_), Some(sub)) = (&c.source.path, &c.source.subscription) {
+            return Err(self.error_at(
+                Some(sub.span()),
+                "[source] has both `path` and `subscription`: keep one".into(),
+            ));
+        }
+        if let Some(sub) = &c.source.subscription {
+            if !is_subscription_name(sub.get_ref()) {
+                return Err(self.error_at(
+                    Some(sub.span()),
+                    format!("source.subscription = {:?} is not projects/PROJECT/subscriptions/SUBSCRIPTION", sub.get_ref()),
+                ));
+            }
+        }
+        if c.source.streams == 0
+            || c.source.max_outstanding_messages < 1
+            || c.source.max_outstanding_bytes < 1
+        {
+            return Err(self.error_at(
+                self.find("streams").or(self.find("max_outstanding")),
+                "source.streams and source.max_outstanding_* must be at least 1".into(),
+            ));
+        }
+        if !(10..=600).contains(&c.source.lease_extension.as_secs()) {
+            return Err(self.error_at(
+                self.find("lease_extension"),
+                "source.lease_extension must be between 10s and 10m (Pub/Sub's ack deadline range)"
+                    .into(),
+            ));
+        }
+        if c.state.commit_max_messages == 0 || c.state.commit_interval.is_zero() {
+            return Err(self.error_at(
+                self.find("commit_"),
+                "state.commit_interval and state.commit_max_messages must be above 0".into(),
+            ));
+        }
         if c.incidents.min_failures == 0 {
-            return Err(self.error_at(self.find("min_failures"), "incidents.min_failures must be at least 1".into()));
+            return Err(self.error_at(
+                self.find("min_failures"),
+                "incidents.min_failures must be at least 1".into(),
+            ));
         }
         if c.incidents.repeat_interval.is_zero() {
-            return Err(self.error_at(self.find("repeat_interval"), "incidents.repeat_interval must be longer than 0s, e.g. \"4h\"".into()));
+            return Err(self.error_at(
+                self.find("repeat_interval"),
+                "incidents.repeat_interval must be longer than 0s, e.g. \"4h\"".into(),
+            ));
         }
         if c.dedup.capacity == 0 {
-            return Err(self.error_at(self.find("capacity"), "dedup.capacity must be at least 1".into()));
+            return Err(self.error_at(
+                self.find("capacity"),
+                "dedup.capacity must be at least 1".into(),
+            ));
         }
         let mut names = std::collections::HashSet::new();
         for r in &c.receivers {
             if !names.insert(r.name.as_str()) {
-                return Err(self.error_at(self.find(&format!("\"{}\"", r.name)), format!("two receivers are named {:?}; names must be unique", r.name)));
+                return Err(self.error_at(
+                    self.find(&format!("\"{}\"", r.name)),
+                    format!("two receivers are named {:?}; names must be unique", r.name),
+                ));
             }
             if r.stdout.is_none() {
-                return Err(self.error_at(self.find(&format!("\"{}\"", r.name)), format!("receiver {:?} has no destination: add `stdout = {{ format = \"text\" }}`", r.name)));
+                return Err(self.error_at(
+                    self.find(&format!("\"{}\"", r.name)),
+                    format!(
+                        "receiver {:?} has no destination: add `stdout = {{ format = \"text\" }}`",
+                        r.name
+                    ),
+                ));
             }
         }
         Ok(())
@@ -210,7 +335,11 @@ impl Loaded {
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
-    text[..offset.min(text.len())].bytes().filter(|&b| b == b'\n').count() + 1
+    text[..offset.min(text.len())]
+        .bytes()
+        .filter(|&b| b == b'\n')
+        .count()
+        + 1
 }
 
 #[cfg(test)]
@@ -226,7 +355,10 @@ mod tests {
         let c = parse("").unwrap().config;
         assert_eq!(c.incidents.min_failures, 3);
         assert!(c.incidents.fire_on_confirmed);
-        assert_eq!(c.incidents.repeat_interval, std::time::Duration::from_secs(4 * 3600));
+        assert_eq!(
+            c.incidents.repeat_interval,
+            std::time::Duration::from_secs(4 * 3600)
+        );
     }
 
     #[test]

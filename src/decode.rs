@@ -367,7 +367,11 @@ impl Decoder {
         let data = serde_json::from_slice::<RawMessage>(message)
             .ok()
             .and_then(|m| m.data)
-            .and_then(|d| base64::engine::general_purpose::STANDARD.decode(d.trim()).ok());
+            .and_then(|d| {
+                base64::engine::general_purpose::STANDARD
+                    .decode(d.trim())
+                    .ok()
+            });
         match data {
             Some(data) => self.decode_nested(&data, out, depth + 1),
             None => out.push(Err(SkipReason::BadPubsubMessage)),
@@ -407,9 +411,11 @@ fn entry(item: RawItem<'_>) -> Decoded {
     }
     let labels = resource.labels.ok_or(SkipReason::MissingJobLabels)?;
     let nonempty = |l: Option<Text<'_>>| l.filter(|s| !s.is_empty()).map(Text::into_owned);
-    let (Some(project), Some(location), Some(job_id)) =
-        (nonempty(labels.project_id), nonempty(labels.location), nonempty(labels.job_id))
-    else {
+    let (Some(project), Some(location), Some(job_id)) = (
+        nonempty(labels.project_id),
+        nonempty(labels.location),
+        nonempty(labels.job_id),
+    ) else {
         return Err(SkipReason::MissingJobLabels);
     };
     let ts_text = item.timestamp.ok_or(SkipReason::BadTimestamp)?;
@@ -430,13 +436,27 @@ fn entry(item: RawItem<'_>) -> Decoded {
         .and_then(|h| h.status)
         .or_else(|| debug_info.as_deref().and_then(debug_info_code));
     let outcome = classify_outcome(status.as_deref(), http_status);
-    let dedup_key = dedup_key(item.log_name.as_deref(), item.insert_id.as_deref(), &ts_text);
+    let dedup_key = dedup_key(
+        item.log_name.as_deref(),
+        item.insert_id.as_deref(),
+        &ts_text,
+    );
     // Details are copied only for failures, where an alert shows them; the hot path (started
     // entries and successes) copies nothing but the job.
     let details = phase == Phase::Finished && outcome != Outcome::Success;
-    let keep = |t: Option<Text<'_>>| if details { t.map(Text::into_owned) } else { None };
+    let keep = |t: Option<Text<'_>>| {
+        if details {
+            t.map(Text::into_owned)
+        } else {
+            None
+        }
+    };
     Ok(Attempt {
-        job: JobKey { project, location, job_id },
+        job: JobKey {
+            project,
+            location,
+            job_id,
+        },
         phase,
         outcome,
         status: keep(status),
@@ -473,7 +493,9 @@ fn debug_info_code(text: &str) -> Option<u16> {
 
 /// RFC 3339 with any fraction (Cloud Logging prints up to nanoseconds) and any offset.
 pub fn parse_timestamp(text: &str) -> Option<DateTime<Utc>> {
-    DateTime::parse_from_rfc3339(text).ok().map(|t| t.with_timezone(&Utc))
+    DateTime::parse_from_rfc3339(text)
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
 }
 
 /// The deduplication key of CONTRACT section 1: `(logName, insertId, timestamp)`, hashed to
@@ -512,13 +534,19 @@ mod tests {
     #[test]
     fn decodes_a_401_from_the_cloud_run_admin_api() {
         let a = one(&fixture("logs/attempt_finished_401_oidc_run_job.json")).unwrap();
-        assert_eq!(a.job, JobKey::new("acme-data-prod", "europe-west1", "nightly-etl-trigger"));
+        assert_eq!(
+            a.job,
+            JobKey::new("acme-data-prod", "europe-west1", "nightly-etl-trigger")
+        );
         assert_eq!(a.phase, Phase::Finished);
         assert_eq!(a.outcome, Outcome::Unauthenticated);
         assert_eq!(a.status.as_deref(), Some("UNAUTHENTICATED"));
         assert_eq!(a.http_status, Some(401));
         assert!(a.url.unwrap().ends_with("jobs/nightly-etl:run"));
-        assert!(a.debug_info.unwrap().starts_with("URL_ERROR-ERROR_AUTHENTICATION"));
+        assert!(a
+            .debug_info
+            .unwrap()
+            .starts_with("URL_ERROR-ERROR_AUTHENTICATION"));
         assert_eq!(a.timestamp.to_rfc3339(), "2026-03-02T02:00:07.298114+00:00");
         assert_eq!(a.insert_id.as_deref(), Some("1q3w5e7r9t1y3u"));
     }
@@ -527,14 +555,38 @@ mod tests {
     fn classifies_every_fixture_outcome() {
         let cases = [
             ("logs/attempt_finished_200_success.json", Outcome::Success),
-            ("logs/attempt_finished_401_no_auth_googleapis.json", Outcome::Unauthenticated),
-            ("logs/attempt_finished_401_oauth_to_run_app.json", Outcome::Unauthenticated),
-            ("logs/attempt_finished_401_oidc_wrong_audience.json", Outcome::Unauthenticated),
-            ("logs/attempt_finished_403_permission_denied.json", Outcome::PermissionDenied),
-            ("logs/attempt_finished_404_not_found.json", Outcome::OtherFailure),
-            ("logs/attempt_finished_500_internal.json", Outcome::OtherFailure),
-            ("logs/attempt_finished_503_unavailable.json", Outcome::OtherFailure),
-            ("logs/attempt_finished_504_deadline_exceeded.json", Outcome::OtherFailure),
+            (
+                "logs/attempt_finished_401_no_auth_googleapis.json",
+                Outcome::Unauthenticated,
+            ),
+            (
+                "logs/attempt_finished_401_oauth_to_run_app.json",
+                Outcome::Unauthenticated,
+            ),
+            (
+                "logs/attempt_finished_401_oidc_wrong_audience.json",
+                Outcome::Unauthenticated,
+            ),
+            (
+                "logs/attempt_finished_403_permission_denied.json",
+                Outcome::PermissionDenied,
+            ),
+            (
+                "logs/attempt_finished_404_not_found.json",
+                Outcome::OtherFailure,
+            ),
+            (
+                "logs/attempt_finished_500_internal.json",
+                Outcome::OtherFailure,
+            ),
+            (
+                "logs/attempt_finished_503_unavailable.json",
+                Outcome::OtherFailure,
+            ),
+            (
+                "logs/attempt_finished_504_deadline_exceeded.json",
+                Outcome::OtherFailure,
+            ),
         ];
         for (name, want) in cases {
             let a = one(&fixture(name)).unwrap();
@@ -548,27 +600,42 @@ mod tests {
 
     #[test]
     fn outcome_order_is_status_then_http_then_debug_info() {
-        assert_eq!(classify_outcome(Some("PERMISSION_DENIED"), Some(401)), Outcome::PermissionDenied);
-        assert_eq!(classify_outcome(Some("DEADLINE_EXCEEDED"), Some(200)), Outcome::OtherFailure);
+        assert_eq!(
+            classify_outcome(Some("PERMISSION_DENIED"), Some(401)),
+            Outcome::PermissionDenied
+        );
+        assert_eq!(
+            classify_outcome(Some("DEADLINE_EXCEEDED"), Some(200)),
+            Outcome::OtherFailure
+        );
         assert_eq!(classify_outcome(None, Some(204)), Outcome::Success);
         assert_eq!(classify_outcome(None, None), Outcome::OtherFailure);
         let e = br#"{"resource":{"type":"cloud_scheduler_job","labels":{"project_id":"p","location":"l","job_id":"j"}},
             "timestamp":"2026-01-01T00:00:00Z","jsonPayload":{"@type":"x.AttemptFinished",
             "debugInfo":"URL_ERROR-ERROR_AUTHENTICATION. Original HTTP response code number = 401"}}"#;
         let a = one(e).unwrap();
-        assert_eq!((a.http_status, a.outcome), (Some(401), Outcome::Unauthenticated));
+        assert_eq!(
+            (a.http_status, a.outcome),
+            (Some(401), Outcome::Unauthenticated)
+        );
     }
 
     #[test]
     fn unwraps_pubsub_pull_responses_and_push_envelopes() {
-        for name in ["pubsub/pull_response_401.json", "pubsub/push_envelope_401.json"] {
+        for name in [
+            "pubsub/pull_response_401.json",
+            "pubsub/push_envelope_401.json",
+        ] {
             let a = one(&fixture(name)).unwrap();
             assert_eq!(a.outcome, Outcome::Unauthenticated, "{name}");
             assert_eq!(a.job.job_id, "nightly-etl-trigger");
         }
         let direct = one(&fixture("logs/attempt_finished_401_oidc_run_job.json")).unwrap();
         let pushed = one(&fixture("pubsub/push_envelope_401.json")).unwrap();
-        assert_eq!(direct.dedup_key, pushed.dedup_key, "the same entry, however it came");
+        assert_eq!(
+            direct.dedup_key, pushed.dedup_key,
+            "the same entry, however it came"
+        );
     }
 
     #[test]
@@ -598,7 +665,12 @@ mod tests {
             (br#"{"message":{"data":"not base64!"}}"#, SkipReason::BadPubsubMessage),
         ];
         for (bytes, want) in cases {
-            assert_eq!(one(bytes).unwrap_err(), want, "{}", String::from_utf8_lossy(bytes));
+            assert_eq!(
+                one(bytes).unwrap_err(),
+                want,
+                "{}",
+                String::from_utf8_lossy(bytes)
+            );
         }
     }
 
@@ -606,16 +678,32 @@ mod tests {
     fn deep_nesting_is_skipped_not_a_stack_overflow() {
         // Skipped as an unknown field: never a crash.
         let deep = format!("{{\"a\":{}{}}}", "[".repeat(100_000), "]".repeat(100_000));
-        assert_eq!(one(deep.as_bytes()).unwrap_err(), SkipReason::NotSchedulerEntry);
+        assert_eq!(
+            one(deep.as_bytes()).unwrap_err(),
+            SkipReason::NotSchedulerEntry
+        );
         // Where a known field is nested too deeply, serde_json's recursion limit stops it.
-        let deep = format!("{{\"resource\":{}{}}}", "[".repeat(100_000), "]".repeat(100_000));
+        let deep = format!(
+            "{{\"resource\":{}{}}}",
+            "[".repeat(100_000),
+            "]".repeat(100_000)
+        );
         assert_eq!(one(deep.as_bytes()).unwrap_err(), SkipReason::InvalidJson);
     }
 
     #[test]
     fn dedup_key_separates_its_parts() {
-        assert_ne!(dedup_key(Some("ab"), Some("c"), "t"), dedup_key(Some("a"), Some("bc"), "t"));
-        assert_ne!(dedup_key(None, Some("x"), "t"), dedup_key(Some("x"), None, "t"));
-        assert_eq!(dedup_key(Some("l"), Some("i"), "t"), dedup_key(Some("l"), Some("i"), "t"));
+        assert_ne!(
+            dedup_key(Some("ab"), Some("c"), "t"),
+            dedup_key(Some("a"), Some("bc"), "t")
+        );
+        assert_ne!(
+            dedup_key(None, Some("x"), "t"),
+            dedup_key(Some("x"), None, "t")
+        );
+        assert_eq!(
+            dedup_key(Some("l"), Some("i"), "t"),
+            dedup_key(Some("l"), Some("i"), "t")
+        );
     }
 }

@@ -46,7 +46,11 @@ impl Dedup {
     /// A window that remembers at least `capacity` keys.
     pub fn new(capacity: usize) -> Self {
         let capacity = capacity.max(1);
-        Dedup { capacity, young: KeySet::default(), old: KeySet::default() }
+        Dedup {
+            capacity,
+            young: KeySet::default(),
+            old: KeySet::default(),
+        }
     }
 
     /// Records `key`; false when it was seen within the window (a duplicate).
@@ -95,7 +99,10 @@ mod tests {
         for k in 2..=8 {
             assert!(d.insert(k));
         }
-        assert!(!d.insert(5), "the last `capacity` keys are always remembered");
+        assert!(
+            !d.insert(5),
+            "the last `capacity` keys are always remembered"
+        );
         assert!(d.len() <= 8);
     }
 

@@ -28,7 +28,11 @@ pub struct IncidentRules {
 
 impl Default for IncidentRules {
     fn default() -> Self {
-        IncidentRules { min_failures: 3, fire_on_confirmed: true, repeat_interval: Duration::from_secs(4 * 3600) }
+        IncidentRules {
+            min_failures: 3,
+            fire_on_confirmed: true,
+            repeat_interval: Duration::from_secs(4 * 3600),
+        }
     }
 }
 
@@ -92,7 +96,10 @@ pub struct Incidents {
 impl Incidents {
     /// No open incidents.
     pub fn new(rules: IncidentRules) -> Self {
-        Incidents { rules, open: Default::default() }
+        Incidents {
+            rules,
+            open: Default::default(),
+        }
     }
 
     /// The job's open incident.
@@ -117,7 +124,13 @@ impl Incidents {
 
     /// An auth failure of `job`, diagnosed. Returns the transition and the incident after it.
     /// `first_key` names the incident if this failure opens one (the entry's dedup key).
-    pub fn failure(&mut self, job: &JobKey, failure: Failure, diagnosis: Diagnosis, first_key: u128) -> (Transition, &Incident) {
+    pub fn failure(
+        &mut self,
+        job: &JobKey,
+        failure: Failure,
+        diagnosis: Diagnosis,
+        first_key: u128,
+    ) -> (Transition, &Incident) {
         let rules = &self.rules;
         let at = failure.at;
         let confirmed = diagnosis.confirmed();
@@ -137,10 +150,16 @@ impl Incidents {
         incident.last_failure = failure;
         incident.diagnosis = diagnosis;
 
-        let needed = if confirmed && rules.fire_on_confirmed { 1 } else { u64::from(rules.min_failures.max(1)) };
+        let needed = if confirmed && rules.fire_on_confirmed {
+            1
+        } else {
+            u64::from(rules.min_failures.max(1))
+        };
         let transition = match incident.notified_at {
             None if incident.count >= needed => Transition::Firing,
-            Some(last) if incident.fired && at >= last + rules.repeat_interval => Transition::Repeat,
+            Some(last) if incident.fired && at >= last + rules.repeat_interval => {
+                Transition::Repeat
+            }
             _ => Transition::None,
         };
         if transition != Transition::None {
@@ -159,7 +178,11 @@ impl Incidents {
             return None;
         }
         let incident = self.open.remove(job)?;
-        let transition = if incident.fired { Transition::Resolved } else { Transition::None };
+        let transition = if incident.fired {
+            Transition::Resolved
+        } else {
+            Transition::None
+        };
         Some((transition, incident))
     }
 }
@@ -182,7 +205,13 @@ mod tests {
     }
 
     fn fail(at: DateTime<Utc>) -> Failure {
-        Failure { outcome: Outcome::Unauthenticated, status: None, http_status: Some(401), url: None, at }
+        Failure {
+            outcome: Outcome::Unauthenticated,
+            status: None,
+            http_status: Some(401),
+            url: None,
+            at,
+        }
     }
 
     fn job() -> JobKey {
@@ -197,34 +226,72 @@ mod tests {
     fn fires_at_the_third_unconfirmed_failure_and_resolves_on_a_later_success() {
         let mut inc = Incidents::new(IncidentRules::default());
         let d = diag(Code::AuthConfigUnavailable);
-        assert_eq!(inc.failure(&job(), fail(t(0)), d.clone(), 1).0, Transition::None);
-        assert_eq!(inc.failure(&job(), fail(t(1)), d.clone(), 2).0, Transition::None);
+        assert_eq!(
+            inc.failure(&job(), fail(t(0)), d.clone(), 1).0,
+            Transition::None
+        );
+        assert_eq!(
+            inc.failure(&job(), fail(t(1)), d.clone(), 2).0,
+            Transition::None
+        );
         let (tr, i) = inc.failure(&job(), fail(t(2)), d.clone(), 3);
         assert_eq!((tr, i.count), (Transition::Firing, 3));
         assert_eq!(inc.failure(&job(), fail(t(3)), d, 4).0, Transition::None);
-        assert!(inc.success(&job(), t(3)).is_none(), "not later than the last failure");
+        assert!(
+            inc.success(&job(), t(3)).is_none(),
+            "not later than the last failure"
+        );
         let (tr, i) = inc.success(&job(), t(4)).unwrap();
-        assert_eq!((tr, i.count, i.first_at, i.last_at), (Transition::Resolved, 4, t(0), t(3)));
+        assert_eq!(
+            (tr, i.count, i.first_at, i.last_at),
+            (Transition::Resolved, 4, t(0), t(3))
+        );
         assert_eq!(inc.open_count(), 0);
     }
 
     #[test]
     fn a_confirmed_cause_fires_at_the_first_failure_unless_disabled() {
         let mut inc = Incidents::new(IncidentRules::default());
-        assert_eq!(inc.failure(&job(), fail(t(0)), diag(Code::OidcTokenForGoogleApi), 1).0, Transition::Firing);
-        let mut off = Incidents::new(IncidentRules { fire_on_confirmed: false, ..Default::default() });
-        assert_eq!(off.failure(&job(), fail(t(0)), diag(Code::OidcTokenForGoogleApi), 1).0, Transition::None);
+        assert_eq!(
+            inc.failure(&job(), fail(t(0)), diag(Code::OidcTokenForGoogleApi), 1)
+                .0,
+            Transition::Firing
+        );
+        let mut off = Incidents::new(IncidentRules {
+            fire_on_confirmed: false,
+            ..Default::default()
+        });
+        assert_eq!(
+            off.failure(&job(), fail(t(0)), diag(Code::OidcTokenForGoogleApi), 1)
+                .0,
+            Transition::None
+        );
     }
 
     #[test]
     fn repeats_after_the_interval_measured_in_event_time() {
         let mut inc = Incidents::new(IncidentRules::default());
         let d = diag(Code::MissingAuthToken);
-        assert_eq!(inc.failure(&job(), fail(t(0)), d.clone(), 1).0, Transition::Firing);
-        assert_eq!(inc.failure(&job(), fail(t(239)), d.clone(), 2).0, Transition::None);
-        assert_eq!(inc.failure(&job(), fail(t(240)), d.clone(), 3).0, Transition::Repeat);
-        assert_eq!(inc.failure(&job(), fail(t(300)), d.clone(), 4).0, Transition::None);
-        assert_eq!(inc.failure(&job(), fail(t(480)), d, 5).0, Transition::Repeat);
+        assert_eq!(
+            inc.failure(&job(), fail(t(0)), d.clone(), 1).0,
+            Transition::Firing
+        );
+        assert_eq!(
+            inc.failure(&job(), fail(t(239)), d.clone(), 2).0,
+            Transition::None
+        );
+        assert_eq!(
+            inc.failure(&job(), fail(t(240)), d.clone(), 3).0,
+            Transition::Repeat
+        );
+        assert_eq!(
+            inc.failure(&job(), fail(t(300)), d.clone(), 4).0,
+            Transition::None
+        );
+        assert_eq!(
+            inc.failure(&job(), fail(t(480)), d, 5).0,
+            Transition::Repeat
+        );
     }
 
     #[test]

@@ -13,7 +13,8 @@
 //! ```
 //!
 //! - [`source`]: where entries come from. [`source::file`] reads NDJSON, JSON arrays and
-//!   Pub/Sub message dumps, streaming, with bounded memory.
+//!   Pub/Sub message dumps, streaming, with bounded memory; [`source::pubsub`] holds streaming
+//!   pulls on a subscription.
 //! - [`decode`]: a Cloud Logging `LogEntry` → an [`decode::Attempt`] (job, outcome, event time),
 //!   or a named [`decode::SkipReason`].
 //! - [`dedup`]: the same entry delivered twice counts once, in a bounded window.
@@ -26,6 +27,8 @@
 //!   terminal view.
 //! - [`pipeline`]: the stages joined; every door (`replay`, `run`) calls the same
 //!   [`pipeline::Pipeline::process_item`].
+//! - [`store`]: the durable state of `run` (incidents, dedup keys, the outbox), committed a
+//!   batch at a time before messages are acked; [`service`] is the long-running loop around it.
 //! - [`config`], [`cli`], [`app`]: the config file, the command line, and the wiring of each
 //!   command. `main.rs` only parses arguments, sets up logging and maps errors to exit codes.
 //!
@@ -42,7 +45,9 @@ pub mod diagnose;
 pub mod incidents;
 pub mod notify;
 pub mod pipeline;
+pub mod service;
 pub mod source;
+pub mod store;
 
 use std::fmt;
 
@@ -63,13 +68,19 @@ pub struct JobKey {
 impl JobKey {
     /// A key from its parts.
     pub fn new(project: &str, location: &str, job_id: &str) -> Self {
-        JobKey { project: project.into(), location: location.into(), job_id: job_id.into() }
+        JobKey {
+            project: project.into(),
+            location: location.into(),
+            job_id: job_id.into(),
+        }
     }
 
     /// Reads `projects/P/locations/L/jobs/J`.
     pub fn from_name(name: &str) -> Option<JobKey> {
         match name.split('/').collect::<Vec<_>>().as_slice() {
-            ["projects", p, "locations", l, "jobs", j] if !p.is_empty() && !l.is_empty() && !j.is_empty() => {
+            ["projects", p, "locations", l, "jobs", j]
+                if !p.is_empty() && !l.is_empty() && !j.is_empty() =>
+            {
                 Some(JobKey::new(p, l, j))
             }
             _ => None,
@@ -78,7 +89,10 @@ impl JobKey {
 
     /// `projects/P/locations/L/jobs/J`.
     pub fn name(&self) -> String {
-        format!("projects/{}/locations/{}/jobs/{}", self.project, self.location, self.job_id)
+        format!(
+            "projects/{}/locations/{}/jobs/{}",
+            self.project, self.location, self.job_id
+        )
     }
 }
 

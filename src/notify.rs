@@ -4,21 +4,35 @@
 //! module only makes the event every sink receives.
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use schedwatch_sinks::alert::{self, Alert, AlertAuth, AlertDiagnosis, AlertFailure, AlertFix, AlertJob, AlertTarget, EventKind};
+use schedwatch_sinks::alert::{
+    self, Alert, AlertAuth, AlertDiagnosis, AlertFailure, AlertFix, AlertJob, AlertTarget,
+    EventKind,
+};
 
 use crate::diagnose::Diagnoser;
 use crate::incidents::Incident;
 use crate::JobKey;
 
 /// The alert for `incident` of `job`. `resolved_at` is the success's time, on `resolved` only.
-pub fn alert(event: EventKind, job: &JobKey, incident: &Incident, diagnoser: &Diagnoser, resolved_at: Option<DateTime<Utc>>) -> Alert {
+pub fn alert(
+    event: EventKind,
+    job: &JobKey,
+    incident: &Incident,
+    diagnoser: &Diagnoser,
+    resolved_at: Option<DateTime<Utc>>,
+) -> Alert {
     let d = &incident.diagnosis;
     let f = &incident.last_failure;
     Alert {
         schema: alert::SCHEMA.to_owned(),
         event,
         incident_id: incident.id.clone(),
-        job: AlertJob { name: job.name(), project: job.project.clone(), location: job.location.clone(), id: job.job_id.clone() },
+        job: AlertJob {
+            name: job.name(),
+            project: job.project.clone(),
+            location: job.location.clone(),
+            id: job.job_id.clone(),
+        },
         failure: AlertFailure {
             class: f.outcome.as_str().to_owned(),
             status: f.status.clone(),
@@ -27,7 +41,10 @@ pub fn alert(event: EventKind, job: &JobKey, incident: &Incident, diagnoser: &Di
             first_at: incident.first_at,
             last_at: incident.last_at,
         },
-        target: AlertTarget { url: d.target_url.clone(), kind: d.target_kind.as_str().to_owned() },
+        target: AlertTarget {
+            url: d.target_url.clone(),
+            kind: d.target_kind.as_str().to_owned(),
+        },
         auth: AlertAuth {
             source: d.auth.source.as_str().to_owned(),
             token: d.auth.token.clone(),
@@ -41,9 +58,16 @@ pub fn alert(event: EventKind, job: &JobKey, incident: &Incident, diagnoser: &Di
             summary: d.summary.clone(),
             detail: d.detail.clone(),
         },
-        fix: AlertFix { gcloud: d.fix.gcloud.clone(), terraform: d.fix.terraform.clone() },
+        fix: AlertFix {
+            gcloud: d.fix.gcloud.clone(),
+            terraform: d.fix.terraform.clone(),
+        },
         runbook_url: diagnoser.runbook_url(d.code),
-        resolved_at: if event == EventKind::Resolved { resolved_at } else { None },
+        resolved_at: if event == EventKind::Resolved {
+            resolved_at
+        } else {
+            None
+        },
     }
 }
 
@@ -79,7 +103,10 @@ pub fn render_text(a: &Alert) -> String {
     if let Some(at) = a.resolved_at {
         out.push_str(&format!("  resolved  {}\n", ts(at)));
     }
-    out.push_str(&format!("  target    {} ({})\n", a.target.url, a.target.kind));
+    out.push_str(&format!(
+        "  target    {} ({})\n",
+        a.target.url, a.target.kind
+    ));
     if a.auth.source == "unavailable" {
         out.push_str("  auth      unknown: the job's config was not found\n");
     } else {
@@ -90,7 +117,10 @@ pub fn render_text(a: &Alert) -> String {
         if let Some(aud) = &a.auth.audience {
             auth.push_str(&format!(", audience {aud}"));
         }
-        out.push_str(&format!("  auth      {auth} (from the {})\n", a.auth.source.replace('_', " ")));
+        out.push_str(&format!(
+            "  auth      {auth} (from the {})\n",
+            a.auth.source.replace('_', " ")
+        ));
     }
     out.push_str(&format!("  cause     {}\n", a.diagnosis.summary));
     for line in wrap(&a.diagnosis.detail, 88) {
@@ -106,7 +136,10 @@ pub fn render_text(a: &Alert) -> String {
             out.push_str(&format!("    {line}\n"));
         }
     }
-    out.push_str(&format!("  runbook   {}\n  incident  {}\n", a.runbook_url, a.incident_id));
+    out.push_str(&format!(
+        "  runbook   {}\n  incident  {}\n",
+        a.runbook_url, a.incident_id
+    ));
     out
 }
 

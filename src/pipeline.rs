@@ -55,7 +55,11 @@ impl Stats {
         let skipped = if self.skipped.is_empty() {
             "none skipped".to_owned()
         } else {
-            let parts: Vec<String> = self.skipped.iter().map(|(r, n)| format!("{r} {n}")).collect();
+            let parts: Vec<String> = self
+                .skipped
+                .iter()
+                .map(|(r, n)| format!("{r} {n}"))
+                .collect();
             format!("{} skipped ({})", self.skipped_total(), parts.join(", "))
         };
         let alerts: u64 = self.alerts.values().sum();
@@ -88,6 +92,13 @@ struct Explained {
     diagnosis: Diagnosis,
 }
 
+/// Changes not yet committed.
+#[derive(Default)]
+struct Tracked {
+    jobs: rustc_hash::FxHashSet<JobKey>,
+    keys: Vec<u128>,
+}
+
 /// The stages, joined.
 pub struct Pipeline {
     decoder: Decoder,
@@ -97,13 +108,20 @@ pub struct Pipeline {
     diagnoser: Diagnoser,
     explained: FxHashMap<JobKey, Explained>,
     scratch: Vec<Decoded>,
+    /// What changed since the last [`Pipeline::take_changes`], when a store keeps the state.
+    tracking: Option<Tracked>,
     /// What was seen so far.
     pub stats: Stats,
 }
 
 impl Pipeline {
     /// A pipeline with no open incidents.
-    pub fn new(rules: IncidentRules, dedup_capacity: usize, correlator: Correlator, diagnoser: Diagnoser) -> Self {
+    pub fn new(
+        rules: IncidentRules,
+        dedup_capacity: usize,
+        correlator: Correlator,
+        diagnoser: Diagnoser,
+    ) -> Self {
         Pipeline {
             decoder: Decoder,
             dedup: Dedup::new(dedup_capacity),
@@ -112,7 +130,44 @@ impl Pipeline {
             diagnoser,
             explained: FxHashMap::default(),
             scratch: Vec::new(),
+            tracking: None,
             stats: Stats::default(),
+        }
+    }
+
+    /// Records what changes from now on, for [`Pipeline::take_changes`]: `run` commits them to
+    /// its store. `replay` keeps everything in memory and does not track.
+    pub fn track_changes(&mut self) {
+        self.tracking = Some(Tracked::default());
+    }
+
+    /// Carries on from a stored state: its open incidents and recent dedup keys.
+    pub fn restore(&mut self, state: &crate::store::State) {
+        for (job, incident) in &state.incidents {
+            self.incidents.restore(job.clone(), incident.clone());
+        }
+        for key in &state.dedup_keys {
+            self.dedup.insert(*key);
+        }
+    }
+
+    /// The changes since the last call, with `alerts` (the events they caused), ready to commit.
+    pub fn take_changes(&mut self, alerts: Vec<Alert>) -> crate::store::Changes {
+        let Some(t) = self.tracking.as_mut() else {
+            return crate::store::Changes {
+                alerts,
+                ..Default::default()
+            };
+        };
+        let incidents = t.jobs.drain().map(|job| {
+            let incident = self.incidents.get(&job).cloned();
+            (job, incident)
+        });
+        crate::store::Changes {
+            incidents: incidents.collect(),
+            dedup_keys: std::mem::take(&mut t.keys),
+            alerts,
+            sent: Vec::new(),
         }
     }
 
@@ -158,7 +213,11 @@ impl Pipeline {
         let n = self.stats.skipped.entry(reason.as_str()).or_insert(0);
         *n += 1;
         if *n == 1 {
-            tracing::warn!(reason = reason.as_str(), "skipped an entry: {}; further ones are counted, not logged", reason.explain());
+            tracing::warn!(
+                reason = reason.as_str(),
+                "skipped an entry: {}; further ones are counted, not logged",
+                reason.explain()
+            );
         }
     }
 
@@ -166,6 +225,9 @@ impl Pipeline {
         if !self.dedup.insert(a.dedup_key) {
             self.stats.duplicates += 1;
             return;
+        }
+        if let Some(t) = &mut self.tracking {
+            t.keys.push(a.dedup_key);
         }
         match a.phase {
             Phase::Started => self.stats.started += 1,
@@ -187,9 +249,18 @@ impl Pipeline {
     fn success(&mut self, a: Attempt, out: &mut Vec<Alert>) {
         if let Some((transition, incident)) = self.incidents.success(&a.job, a.timestamp) {
             self.explained.remove(&a.job);
+            if let Some(t) = &mut self.tracking {
+                t.jobs.insert(a.job.clone());
+            }
             if transition == Transition::Resolved {
                 tracing::info!(job = %a.job, incident_id = %incident.id, count = incident.count, "resolved");
-                self.emit(EventKind::Resolved, &a.job, &incident, Some(a.timestamp), out);
+                self.emit(
+                    EventKind::Resolved,
+                    &a.job,
+                    &incident,
+                    Some(a.timestamp),
+                    out,
+                );
             }
         }
     }
@@ -209,8 +280,15 @@ impl Pipeline {
         let diagnosis = match reusable {
             Some(e) => e.diagnosis.clone(),
             None => {
-                let diagnosis = self.diagnoser.diagnose(&a.job, &lookup, a.outcome, a.url.as_deref());
-                let e = Explained { config: lookup.config.clone(), outcome: a.outcome, url: a.url.clone(), diagnosis: diagnosis.clone() };
+                let diagnosis =
+                    self.diagnoser
+                        .diagnose(&a.job, &lookup, a.outcome, a.url.as_deref());
+                let e = Explained {
+                    config: lookup.config.clone(),
+                    outcome: a.outcome,
+                    url: a.url.clone(),
+                    diagnosis: diagnosis.clone(),
+                };
                 self.explained.insert(a.job.clone(), e);
                 diagnosis
             }
@@ -218,8 +296,19 @@ impl Pipeline {
         if opening {
             self.stats.incidents_opened += 1;
         }
-        let failure = Failure { outcome: a.outcome, status: a.status, http_status: a.http_status, url: a.url, at: a.timestamp };
-        let (transition, incident) = self.incidents.failure(&a.job, failure, diagnosis, a.dedup_key);
+        if let Some(t) = &mut self.tracking {
+            t.jobs.insert(a.job.clone());
+        }
+        let failure = Failure {
+            outcome: a.outcome,
+            status: a.status,
+            http_status: a.http_status,
+            url: a.url,
+            at: a.timestamp,
+        };
+        let (transition, incident) =
+            self.incidents
+                .failure(&a.job, failure, diagnosis, a.dedup_key);
         let event = match transition {
             Transition::Firing => EventKind::Firing,
             Transition::Repeat => EventKind::Repeat,
@@ -230,8 +319,21 @@ impl Pipeline {
         self.emit(event, &a.job, &incident, None, out);
     }
 
-    fn emit(&mut self, event: EventKind, job: &JobKey, incident: &crate::incidents::Incident, resolved_at: Option<chrono::DateTime<chrono::Utc>>, out: &mut Vec<Alert>) {
+    fn emit(
+        &mut self,
+        event: EventKind,
+        job: &JobKey,
+        incident: &crate::incidents::Incident,
+        resolved_at: Option<chrono::DateTime<chrono::Utc>>,
+        out: &mut Vec<Alert>,
+    ) {
         *self.stats.alerts.entry(event.as_str()).or_insert(0) += 1;
-        out.push(notify::alert(event, job, incident, &self.diagnoser, resolved_at));
+        out.push(notify::alert(
+            event,
+            job,
+            incident,
+            &self.diagnoser,
+            resolved_at,
+        ));
     }
 }

@@ -55,7 +55,11 @@ pub struct Alert {
     /// The runbook section for the diagnosis code.
     pub runbook_url: String,
     /// When the job succeeded again; only on `resolved`.
-    #[serde(default, skip_serializing_if = "Option::is_none", serialize_with = "rfc3339_opt")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "rfc3339_opt"
+    )]
     pub resolved_at: Option<DateTime<Utc>>,
 }
 
@@ -145,7 +149,10 @@ impl Alert {
             EventKind::Repeat => "STILL FAILING",
             EventKind::Resolved => "RESOLVED",
         };
-        format!("[{what}] {}/{}/{}: {}", self.job.project, self.job.location, self.job.id, self.diagnosis.code)
+        format!(
+            "[{what}] {}/{}/{}: {}",
+            self.job.project, self.job.location, self.job.id, self.diagnosis.code
+        )
     }
 }
 

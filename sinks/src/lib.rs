@@ -11,5 +11,7 @@
 pub mod alert;
 pub mod stdout;
 
-pub use alert::{Alert, AlertAuth, AlertDiagnosis, AlertFailure, AlertFix, AlertJob, AlertTarget, EventKind};
+pub use alert::{
+    Alert, AlertAuth, AlertDiagnosis, AlertFailure, AlertFix, AlertJob, AlertTarget, EventKind,
+};
 pub use stdout::NdjsonSink;

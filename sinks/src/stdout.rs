@@ -47,12 +47,41 @@ mod tests {
             schema: SCHEMA.into(),
             event: EventKind::Firing,
             incident_id: "abc".into(),
-            job: AlertJob { name: "projects/p/locations/l/jobs/j".into(), project: "p".into(), location: "l".into(), id: "j".into() },
-            failure: AlertFailure { class: "unauthenticated".into(), status: Some("UNAUTHENTICATED".into()), http_status: Some(401), count: 1, first_at: t, last_at: t },
-            target: AlertTarget { url: "https://run.googleapis.com/x".into(), kind: "google_api".into() },
-            auth: AlertAuth { source: "inventory".into(), token: "oidc".into(), service_account: Some("sa@p.iam.gserviceaccount.com".into()), audience: None, scope: None },
-            diagnosis: AlertDiagnosis { code: "oidc-token-for-google-api".into(), confidence: "confirmed".into(), summary: "s".into(), detail: "d".into() },
-            fix: AlertFix { gcloud: "gcloud".into(), terraform: "tf".into() },
+            job: AlertJob {
+                name: "projects/p/locations/l/jobs/j".into(),
+                project: "p".into(),
+                location: "l".into(),
+                id: "j".into(),
+            },
+            failure: AlertFailure {
+                class: "unauthenticated".into(),
+                status: Some("UNAUTHENTICATED".into()),
+                http_status: Some(401),
+                count: 1,
+                first_at: t,
+                last_at: t,
+            },
+            target: AlertTarget {
+                url: "https://run.googleapis.com/x".into(),
+                kind: "google_api".into(),
+            },
+            auth: AlertAuth {
+                source: "inventory".into(),
+                token: "oidc".into(),
+                service_account: Some("sa@p.iam.gserviceaccount.com".into()),
+                audience: None,
+                scope: None,
+            },
+            diagnosis: AlertDiagnosis {
+                code: "oidc-token-for-google-api".into(),
+                confidence: "confirmed".into(),
+                summary: "s".into(),
+                detail: "d".into(),
+            },
+            fix: AlertFix {
+                gcloud: "gcloud".into(),
+                terraform: "tf".into(),
+            },
             runbook_url: "docs/runbook.md#oidc-token-for-google-api".into(),
             resolved_at: None,
         };
@@ -64,7 +93,10 @@ mod tests {
         assert_eq!(v["schema"], "schedwatch.alert.v1");
         assert_eq!(v["event"], "firing");
         assert_eq!(v["failure"]["first_at"], "2026-11-20T09:00:01Z");
-        assert!(v.get("resolved_at").is_none(), "resolved_at only on resolved");
+        assert!(
+            v.get("resolved_at").is_none(),
+            "resolved_at only on resolved"
+        );
         assert_eq!(serde_json::from_value::<Alert>(v).unwrap(), alert);
     }
 }

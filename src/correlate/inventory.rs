@@ -41,7 +41,10 @@ impl Inventory {
     /// Loads a file or a folder of `*.json` files (sorted by name; a later file's job replaces
     /// an earlier one of the same name). Entries that are not Jobs are warned about and left out.
     pub fn load(path: &Path) -> Result<Inventory, InventoryError> {
-        let io = |source| InventoryError::Io { path: path.to_owned(), source };
+        let io = |source| InventoryError::Io {
+            path: path.to_owned(),
+            source,
+        };
         let files = if path.is_dir() {
             let mut files: Vec<PathBuf> = std::fs::read_dir(path)
                 .map_err(io)?
@@ -56,9 +59,15 @@ impl Inventory {
         };
         let mut inventory = Inventory::default();
         for file in files {
-            let text = std::fs::read(&file).map_err(|source| InventoryError::Io { path: file.clone(), source })?;
+            let text = std::fs::read(&file).map_err(|source| InventoryError::Io {
+                path: file.clone(),
+                source,
+            })?;
             let doc: serde_json::Value =
-                serde_json::from_slice(&text).map_err(|source| InventoryError::Json { path: file.clone(), source })?;
+                serde_json::from_slice(&text).map_err(|source| InventoryError::Json {
+                    path: file.clone(),
+                    source,
+                })?;
             inventory.add_document(doc, &file.display().to_string());
         }
         Ok(inventory)
@@ -68,10 +77,14 @@ impl Inventory {
     pub fn add_document(&mut self, doc: serde_json::Value, origin: &str) {
         let jobs = match doc {
             serde_json::Value::Array(jobs) => jobs,
-            serde_json::Value::Object(mut o) if o.contains_key("jobs") || !o.contains_key("name") => match o.remove("jobs") {
-                Some(serde_json::Value::Array(jobs)) => jobs,
-                _ => Vec::new(),
-            },
+            serde_json::Value::Object(mut o)
+                if o.contains_key("jobs") || !o.contains_key("name") =>
+            {
+                match o.remove("jobs") {
+                    Some(serde_json::Value::Array(jobs)) => jobs,
+                    _ => Vec::new(),
+                }
+            }
             one => vec![one],
         };
         for job in jobs {
@@ -116,15 +129,33 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let job = |id: &str| serde_json::json!({"name": format!("projects/p/locations/l/jobs/{id}"), "httpTarget": {"uri": "https://x.a.run.app"}});
         std::fs::write(dir.path().join("a.json"), job("one").to_string()).unwrap();
-        std::fs::write(dir.path().join("b.json"), serde_json::json!([job("two"), job("three")]).to_string()).unwrap();
-        std::fs::write(dir.path().join("c.json"), serde_json::json!({"jobs": [job("four")], "nextPageToken": "x"}).to_string()).unwrap();
+        std::fs::write(
+            dir.path().join("b.json"),
+            serde_json::json!([job("two"), job("three")]).to_string(),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("c.json"),
+            serde_json::json!({"jobs": [job("four")], "nextPageToken": "x"}).to_string(),
+        )
+        .unwrap();
         std::fs::write(dir.path().join("d.json"), "[]").unwrap();
         std::fs::write(dir.path().join("notes.txt"), "not json, not read").unwrap();
         let inv = Inventory::load(dir.path()).unwrap();
         assert_eq!(inv.len(), 4);
         assert!(inv.get(&JobKey::new("p", "l", "four")).is_some());
-        let list = Inventory::load(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures/jobs/list_response.json"))).unwrap();
-        assert!(list.get(&JobKey::new("acme-data-prod", "europe-west1", "nightly-etl-trigger")).is_some());
+        let list = Inventory::load(Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../shared/fixtures/jobs/list_response.json"
+        )))
+        .unwrap();
+        assert!(list
+            .get(&JobKey::new(
+                "acme-data-prod",
+                "europe-west1",
+                "nightly-etl-trigger"
+            ))
+            .is_some());
     }
 
     #[test]
@@ -132,7 +163,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("bad.json"), "{").unwrap();
         let err = Inventory::load(dir.path()).unwrap_err().to_string();
-        assert!(err.contains("bad.json") && err.contains("not JSON"), "{err}");
+        assert!(
+            err.contains("bad.json") && err.contains("not JSON"),
+            "{err}"
+        );
         assert!(Inventory::load(&dir.path().join("missing")).is_err());
     }
 }

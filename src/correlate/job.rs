@@ -84,7 +84,12 @@ impl Token {
     pub fn service_account(&self) -> Option<&str> {
         match self {
             Token::None => None,
-            Token::Oidc { service_account, .. } | Token::OAuth { service_account, .. } => service_account.as_deref(),
+            Token::Oidc {
+                service_account, ..
+            }
+            | Token::OAuth {
+                service_account, ..
+            } => service_account.as_deref(),
         }
     }
 }
@@ -146,7 +151,9 @@ struct RawToken {
 impl RawToken {
     /// An empty token object (`"oidcToken": {}`) configures nothing.
     fn is_set(&self) -> bool {
-        [&self.service_account_email, &self.audience, &self.scope].iter().any(|f| f.as_deref().is_some_and(|s| !s.is_empty()))
+        [&self.service_account_email, &self.audience, &self.scope]
+            .iter()
+            .any(|f| f.as_deref().is_some_and(|s| !s.is_empty()))
     }
 }
 
@@ -158,27 +165,51 @@ impl JobConfig {
     /// Reads one Job resource.
     pub fn from_value(value: serde_json::Value) -> Result<JobConfig, JobError> {
         let raw: RawJob = serde_json::from_value(value)?;
-        let key = JobKey::from_name(&raw.name).ok_or_else(|| JobError::BadName(raw.name.clone()))?;
+        let key =
+            JobKey::from_name(&raw.name).ok_or_else(|| JobError::BadName(raw.name.clone()))?;
         let target = if let Some(t) = raw.http_target {
-            let token = match (t.oidc_token.filter(RawToken::is_set), t.oauth_token.filter(RawToken::is_set)) {
-                (Some(o), _) => Token::Oidc { service_account: nonempty(o.service_account_email), audience: nonempty(o.audience) },
-                (None, Some(o)) => Token::OAuth { service_account: nonempty(o.service_account_email), scope: nonempty(o.scope) },
+            let token = match (
+                t.oidc_token.filter(RawToken::is_set),
+                t.oauth_token.filter(RawToken::is_set),
+            ) {
+                (Some(o), _) => Token::Oidc {
+                    service_account: nonempty(o.service_account_email),
+                    audience: nonempty(o.audience),
+                },
+                (None, Some(o)) => Token::OAuth {
+                    service_account: nonempty(o.service_account_email),
+                    scope: nonempty(o.scope),
+                },
                 (None, None) => Token::None,
             };
             let body = t.body.and_then(|b| {
                 use base64::Engine as _;
-                let bytes = base64::engine::general_purpose::STANDARD.decode(b.trim()).ok()?;
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(b.trim())
+                    .ok()?;
                 String::from_utf8(bytes).ok()
             });
-            Target::Http(HttpTarget { uri: nonempty(t.uri), http_method: t.http_method, body, token })
+            Target::Http(HttpTarget {
+                uri: nonempty(t.uri),
+                http_method: t.http_method,
+                body,
+                token,
+            })
         } else if let Some(p) = raw.pubsub_target {
-            Target::PubSub { topic: p.topic_name }
+            Target::PubSub {
+                topic: p.topic_name,
+            }
         } else if raw.app_engine_http_target.is_some() {
             Target::AppEngine
         } else {
             Target::Unknown
         };
-        Ok(JobConfig { key, target, schedule: raw.schedule, time_zone: raw.time_zone })
+        Ok(JobConfig {
+            key,
+            target,
+            schedule: raw.schedule,
+            time_zone: raw.time_zone,
+        })
     }
 
     /// The HTTP target, when the job has one.
@@ -202,7 +233,10 @@ mod tests {
     use super::*;
 
     fn fixture(name: &str) -> JobConfig {
-        let path = format!("{}/../shared/fixtures/jobs/{name}", env!("CARGO_MANIFEST_DIR"));
+        let path = format!(
+            "{}/../shared/fixtures/jobs/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        );
         let v = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
         JobConfig::from_value(v).unwrap()
     }
@@ -211,19 +245,36 @@ mod tests {
     fn reads_the_token_of_each_fixture() {
         let j = fixture("oidc_to_googleapis_run_job_broken.json");
         let h = j.http().unwrap();
-        assert!(matches!(&h.token, Token::Oidc { service_account: Some(_), .. }), "{h:?}");
+        assert!(
+            matches!(
+                &h.token,
+                Token::Oidc {
+                    service_account: Some(_),
+                    ..
+                }
+            ),
+            "{h:?}"
+        );
         let j = fixture("oauth_to_googleapis_run_job_good.json");
         assert_eq!(j.http().unwrap().token.kind(), "oauth");
         let j = fixture("no_auth_token_broken.json");
         assert_eq!(j.http().unwrap().token, Token::None);
-        assert!(matches!(fixture("pubsub_target_job.json").target, Target::PubSub { topic: Some(_) }));
-        assert_eq!(fixture("app_engine_target_job.json").target, Target::AppEngine);
+        assert!(matches!(
+            fixture("pubsub_target_job.json").target,
+            Target::PubSub { topic: Some(_) }
+        ));
+        assert_eq!(
+            fixture("app_engine_target_job.json").target,
+            Target::AppEngine
+        );
     }
 
     #[test]
     fn rejects_a_bad_name_and_treats_an_empty_token_as_none() {
         let err = JobConfig::from_value(serde_json::json!({"name": "jobs/x"})).unwrap_err();
-        assert!(err.to_string().contains("projects/PROJECT/locations/LOCATION/jobs/JOB"));
+        assert!(err
+            .to_string()
+            .contains("projects/PROJECT/locations/LOCATION/jobs/JOB"));
         let j = JobConfig::from_value(serde_json::json!({
             "name": "projects/p/locations/l/jobs/j",
             "httpTarget": {"uri": "https://x.a.run.app/", "oidcToken": {}}

@@ -66,19 +66,32 @@ impl Correlator {
     /// The job's config. `opening` asks the API for a fresh copy (an incident is opening).
     pub fn lookup(&mut self, key: &JobKey, opening: bool) -> Lookup {
         if let Some(config) = self.inventory.as_ref().and_then(|i| i.get(key)) {
-            return Lookup { config: Some(config), source: AuthSource::Inventory, reason: None };
+            return Lookup {
+                config: Some(config),
+                source: AuthSource::Inventory,
+                reason: None,
+            };
         }
         match &mut self.api {
             Some(api) => match api.get(key, opening) {
-                Ok(config) => Lookup { config: Some(config), source: AuthSource::SchedulerApi, reason: None },
-                Err(e) => Lookup { config: None, source: AuthSource::Unavailable, reason: Some(e.to_string()) },
+                Ok(config) => Lookup {
+                    config: Some(config),
+                    source: AuthSource::SchedulerApi,
+                    reason: None,
+                },
+                Err(e) => Lookup {
+                    config: None,
+                    source: AuthSource::Unavailable,
+                    reason: Some(e.to_string()),
+                },
             },
             None => Lookup {
                 config: None,
                 source: AuthSource::Unavailable,
                 reason: Some(match self.inventory {
                     Some(_) => "not in the job inventory".into(),
-                    None => "no job inventory (--jobs) and the Cloud Scheduler API is not enabled".into(),
+                    None => "no job inventory (--jobs) and the Cloud Scheduler API is not enabled"
+                        .into(),
                 }),
             },
         }

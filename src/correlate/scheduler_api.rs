@@ -86,27 +86,46 @@ pub struct SchedulerApi {
 
 impl SchedulerApi {
     /// Builds the client on `runtime` (which must outlive it).
-    pub fn connect(config: &SchedulerApiConfig, runtime: tokio::runtime::Handle) -> Result<SchedulerApi, ApiError> {
+    pub fn connect(
+        config: &SchedulerApiConfig,
+        runtime: tokio::runtime::Handle,
+    ) -> Result<SchedulerApi, ApiError> {
         use google_cloud_gax::retry_policy::{Aip194Strict, RetryPolicyExt as _};
         // Retries stop before our own deadline, so a failed look-up reports its real cause
         // ("connection refused", "permission denied") rather than a timeout.
         let retry_budget = config.timeout.mul_f32(0.8);
-        let mut builder = CloudScheduler::builder().with_retry_policy(Aip194Strict.with_time_limit(retry_budget));
+        let mut builder =
+            CloudScheduler::builder().with_retry_policy(Aip194Strict.with_time_limit(retry_budget));
         if let Some(endpoint) = &config.endpoint {
             builder = builder.with_endpoint(endpoint.clone());
         }
         if config.anonymous {
-            builder = builder.with_credentials(google_cloud_auth::credentials::anonymous::Builder::new().build());
+            builder = builder.with_credentials(
+                google_cloud_auth::credentials::anonymous::Builder::new().build(),
+            );
         }
-        let client = runtime.block_on(builder.build()).map_err(|e| ApiError::Setup(e.to_string()))?;
-        Ok(SchedulerApi { client, runtime, config: config.clone(), cache: HashMap::new(), calls: 0, errors: 0 })
+        let client = runtime
+            .block_on(builder.build())
+            .map_err(|e| ApiError::Setup(e.to_string()))?;
+        Ok(SchedulerApi {
+            client,
+            runtime,
+            config: config.clone(),
+            cache: HashMap::new(),
+            calls: 0,
+            errors: 0,
+        })
     }
 
     /// The job's config: from the cache when fresh, from the API when stale or when `refresh`.
     /// Must be called outside the async runtime (the pipeline runs on its own thread).
     pub fn get(&mut self, key: &JobKey, refresh: bool) -> Result<Arc<JobConfig>, ApiError> {
         if let Some(c) = self.cache.get(key) {
-            let ttl = if c.answer.is_ok() { self.config.cache_ttl } else { self.config.error_ttl };
+            let ttl = if c.answer.is_ok() {
+                self.config.cache_ttl
+            } else {
+                self.config.error_ttl
+            };
             // A refresh is skipped for a failed answer still inside its error_ttl: retrying
             // a denied call on every incident would only add load.
             if c.at.elapsed() < ttl && (!refresh || c.answer.is_err()) {
@@ -119,7 +138,13 @@ impl SchedulerApi {
             self.errors += 1;
             tracing::warn!(job = %key, "job config unavailable: {e}");
         }
-        self.cache.insert(key.clone(), Cached { at: Instant::now(), answer: answer.clone() });
+        self.cache.insert(
+            key.clone(),
+            Cached {
+                at: Instant::now(),
+                answer: answer.clone(),
+            },
+        );
         answer
     }
 
@@ -140,7 +165,12 @@ impl SchedulerApi {
         let mut page_token = String::new();
         loop {
             self.calls += 1;
-            let call = self.client.list_jobs().set_parent(parent.clone()).set_page_token(page_token.clone()).send();
+            let call = self
+                .client
+                .list_jobs()
+                .set_parent(parent.clone())
+                .set_page_token(page_token.clone())
+                .send();
             let page = self
                 .runtime
                 .block_on(async { tokio::time::timeout(self.config.timeout, call).await })

@@ -37,9 +37,24 @@ pub struct Facts<'a> {
 
 impl<'a> Facts<'a> {
     /// Gathers the facts; the service account falls back to the placeholder.
-    pub fn new(job: &'a JobKey, config: Option<&'a JobConfig>, uri: &'a str, kind: TargetKind, auth: &AuthFacts) -> Self {
-        let sa = auth.service_account.clone().unwrap_or_else(|| SA_PLACEHOLDER.to_owned());
-        Facts { job, config, uri, kind, sa }
+    pub fn new(
+        job: &'a JobKey,
+        config: Option<&'a JobConfig>,
+        uri: &'a str,
+        kind: TargetKind,
+        auth: &AuthFacts,
+    ) -> Self {
+        let sa = auth
+            .service_account
+            .clone()
+            .unwrap_or_else(|| SA_PLACEHOLDER.to_owned());
+        Facts {
+            job,
+            config,
+            uri,
+            kind,
+            sa,
+        }
     }
 
     /// The audience an ID token for this target should carry: the origin for Cloud Run and
@@ -52,18 +67,26 @@ impl<'a> Facts<'a> {
     }
 
     fn body_has_overrides(&self) -> bool {
-        self.config.and_then(|c| c.http()).and_then(|h| h.body.as_deref()).is_some_and(|b| b.contains("overrides"))
+        self.config
+            .and_then(|c| c.http())
+            .and_then(|h| h.body.as_deref())
+            .is_some_and(|b| b.contains("overrides"))
     }
 }
 
 /// The fix for a code.
 pub fn render(code: Code, f: &Facts<'_>) -> Fix {
     match code {
-        Code::AuthConfigUnavailable => Fix { gcloud: describe_job(f), terraform: import_block(f.job) },
+        Code::AuthConfigUnavailable => Fix {
+            gcloud: describe_job(f),
+            terraform: import_block(f.job),
+        },
         Code::MissingAuthToken if f.kind.wants_oauth() => switch_token(f, Token::OAuth),
         Code::MissingAuthToken => switch_token(f, Token::Oidc),
         Code::OidcTokenForGoogleApi => switch_token(f, Token::OAuth),
-        Code::OauthTokenForNonGoogleTarget | Code::OidcAudienceMismatch => switch_token(f, Token::Oidc),
+        Code::OauthTokenForNonGoogleTarget | Code::OidcAudienceMismatch => {
+            switch_token(f, Token::Oidc)
+        }
         Code::MissingInvokerPermission => grant_invoker(f),
         Code::UnexplainedAuthFailure => {
             let mut gcloud = describe_job(f);
@@ -74,7 +97,10 @@ pub fn render(code: Code, f: &Facts<'_>) -> Fix {
                     sh(&sa_project(&f.sa).unwrap_or_else(|| f.job.project.clone()))
                 ));
             }
-            Fix { gcloud, terraform: import_block(f.job) }
+            Fix {
+                gcloud,
+                terraform: import_block(f.job),
+            }
         }
     }
 }
@@ -90,8 +116,15 @@ enum Token {
 fn switch_token(f: &Facts<'_>, token: Token) -> Fix {
     let j = f.job;
     let flags = match token {
-        Token::OAuth => format!("--oauth-service-account-email={} \\\n  --oauth-token-scope={CLOUD_PLATFORM}", sh(&f.sa)),
-        Token::Oidc => format!("--oidc-service-account-email={} \\\n  --oidc-token-audience={}", sh(&f.sa), sh(&f.audience())),
+        Token::OAuth => format!(
+            "--oauth-service-account-email={} \\\n  --oauth-token-scope={CLOUD_PLATFORM}",
+            sh(&f.sa)
+        ),
+        Token::Oidc => format!(
+            "--oidc-service-account-email={} \\\n  --oidc-token-audience={}",
+            sh(&f.sa),
+            sh(&f.audience())
+        ),
     };
     let gcloud = format!(
         "gcloud scheduler jobs update http {} \\\n  --project={} \\\n  --location={} \\\n  {flags}",
@@ -112,9 +145,17 @@ fn switch_token(f: &Facts<'_>, token: Token) -> Fix {
         ),
     };
     let http = f.config.and_then(|c| c.http());
-    let method = http.and_then(|h| h.http_method.clone()).unwrap_or_else(|| "POST".into());
-    let schedule = f.config.and_then(|c| c.schedule.clone()).unwrap_or_else(|| "SCHEDULE".into());
-    let time_zone = f.config.and_then(|c| c.time_zone.clone()).unwrap_or_else(|| "Etc/UTC".into());
+    let method = http
+        .and_then(|h| h.http_method.clone())
+        .unwrap_or_else(|| "POST".into());
+    let schedule = f
+        .config
+        .and_then(|c| c.schedule.clone())
+        .unwrap_or_else(|| "SCHEDULE".into());
+    let time_zone = f
+        .config
+        .and_then(|c| c.time_zone.clone())
+        .unwrap_or_else(|| "Etc/UTC".into());
     let terraform = format!(
         "resource \"google_cloud_scheduler_job\" {} {{\n  project   = {}\n  region    = {}\n  name      = {}\n  schedule  = {}\n  time_zone = {}\n\n  http_target {{\n    uri         = {}\n    http_method = {}\n\n{token_block}  }}\n}}\n",
         hcl(&tf_name(&j.job_id)),
@@ -134,8 +175,12 @@ fn grant_invoker(f: &Facts<'_>) -> Fix {
     let j = f.job;
     let member = format!("serviceAccount:{}", f.sa);
     if let Some(crate::correlate::Target::PubSub { topic }) = f.config.map(|c| &c.target) {
-        let topic = topic.clone().unwrap_or_else(|| format!("projects/{}/topics/TOPIC", j.project));
-        let agent = format!("serviceAccount:service-PROJECT_NUMBER@gcp-sa-cloudscheduler.iam.gserviceaccount.com");
+        let topic = topic
+            .clone()
+            .unwrap_or_else(|| format!("projects/{}/topics/TOPIC", j.project));
+        let agent = format!(
+            "serviceAccount:service-PROJECT_NUMBER@gcp-sa-cloudscheduler.iam.gserviceaccount.com"
+        );
         let gcloud = format!(
             "# A Pub/Sub target needs no roles/run.invoker: Cloud Scheduler publishes as its service\n\
              # agent, which needs roles/pubsub.publisher on the topic. PROJECT_NUMBER is {}'s number.\n\
@@ -145,12 +190,22 @@ fn grant_invoker(f: &Facts<'_>) -> Fix {
             sh(&j.project),
             sh(&agent)
         );
-        let terraform = iam_member("google_pubsub_topic_iam_member", &j.job_id, &[("project", &j.project), ("topic", &topic)], "roles/pubsub.publisher", &agent);
+        let terraform = iam_member(
+            "google_pubsub_topic_iam_member",
+            &j.job_id,
+            &[("project", &j.project), ("topic", &topic)],
+            "roles/pubsub.publisher",
+            &agent,
+        );
         return Fix { gcloud, terraform };
     }
     let location = j.location.as_str();
     match Invoked::of(f.uri) {
-        Invoked::RunJob { project, region, name } => {
+        Invoked::RunJob {
+            project,
+            region,
+            name,
+        } => {
             let region = region.unwrap_or_else(|| location.to_owned());
             let (role, note) = if f.body_has_overrides() {
                 (
@@ -170,7 +225,11 @@ fn grant_invoker(f: &Facts<'_>) -> Fix {
             let terraform = iam_member(
                 "google_cloud_run_v2_job_iam_member",
                 &name,
-                &[("project", &project), ("location", &region), ("name", &name)],
+                &[
+                    ("project", &project),
+                    ("location", &region),
+                    ("name", &name),
+                ],
                 role,
                 &member,
             );
@@ -202,7 +261,13 @@ fn grant_invoker(f: &Facts<'_>) -> Fix {
                 sh(&j.project),
                 sh(&member)
             );
-            let terraform = iam_member("google_project_iam_member", &j.job_id, &[("project", &j.project)], "ROLE_FOR_THE_API", &member);
+            let terraform = iam_member(
+                "google_project_iam_member",
+                &j.job_id,
+                &[("project", &j.project)],
+                "ROLE_FOR_THE_API",
+                &member,
+            );
             Fix { gcloud, terraform }
         }
         Invoked::Unknown => {
@@ -231,12 +296,28 @@ fn run_service_grant(note: &str, name: &str, project: &str, region: &str, member
     Fix { gcloud, terraform }
 }
 
-fn iam_member(resource: &str, name: &str, scope: &[(&str, &str)], role: &str, member: &str) -> String {
-    let mut out = format!("resource {} {} {{\n", hcl(resource), hcl(&format!("{}_invoker", tf_name(name))));
+fn iam_member(
+    resource: &str,
+    name: &str,
+    scope: &[(&str, &str)],
+    role: &str,
+    member: &str,
+) -> String {
+    let mut out = format!(
+        "resource {} {} {{\n",
+        hcl(resource),
+        hcl(&format!("{}_invoker", tf_name(name)))
+    );
     for (k, v) in scope {
         out.push_str(&format!("  {k:<8} = {}\n", hcl(v)));
     }
-    out.push_str(&format!("  {:<8} = {}\n  {:<8} = {}\n}}\n", "role", hcl(role), "member", hcl(member)));
+    out.push_str(&format!(
+        "  {:<8} = {}\n  {:<8} = {}\n}}\n",
+        "role",
+        hcl(role),
+        "member",
+        hcl(member)
+    ));
     out
 }
 
@@ -264,12 +345,17 @@ fn import_block(j: &JobKey) -> String {
 
 /// A service account's project: `NAME@PROJECT.iam.gserviceaccount.com`.
 fn sa_project(sa: &str) -> Option<String> {
-    sa.split_once('@')?.1.strip_suffix(".iam.gserviceaccount.com").map(str::to_owned)
+    sa.split_once('@')?
+        .1
+        .strip_suffix(".iam.gserviceaccount.com")
+        .map(str::to_owned)
 }
 
 /// A shell word: as it is when it holds only safe characters, single-quoted otherwise.
 pub fn sh(s: &str) -> String {
-    let safe = !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:/@=+,%".contains(&b));
+    let safe = !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:/@=+,%".contains(&b));
     if safe {
         s.to_owned()
     } else {
@@ -303,7 +389,16 @@ pub fn hcl(s: &str) -> String {
 
 /// A Terraform resource name: letters, digits, `_` and `-`, starting with a letter or `_`.
 pub fn tf_name(id: &str) -> String {
-    let mut name: String = id.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '_' }).collect();
+    let mut name: String = id
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
     if !name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_') {
         name.insert(0, '_');
     }
@@ -341,10 +436,17 @@ mod tests {
             scope: None,
         };
         let uri = "https://us-east1-run.googleapis.com/apis/run.googleapis.com/v1/namespaces/acme/jobs/commit-worker:run";
-        let fix = render(Code::OidcTokenForGoogleApi, &Facts::new(&key, None, uri, TargetKind::GoogleApi, &auth));
+        let fix = render(
+            Code::OidcTokenForGoogleApi,
+            &Facts::new(&key, None, uri, TargetKind::GoogleApi, &auth),
+        );
         assert!(fix.gcloud.starts_with("gcloud scheduler jobs update http commit-worker \\\n  --project=acme \\\n  --location=us-east1"));
-        assert!(fix.gcloud.contains("--oauth-service-account-email=sa@acme.iam.gserviceaccount.com"));
-        assert!(fix.gcloud.contains("--oauth-token-scope=https://www.googleapis.com/auth/cloud-platform"));
+        assert!(fix
+            .gcloud
+            .contains("--oauth-service-account-email=sa@acme.iam.gserviceaccount.com"));
+        assert!(fix
+            .gcloud
+            .contains("--oauth-token-scope=https://www.googleapis.com/auth/cloud-platform"));
         for never in ["audience", "add-iam-policy-binding", "keys create", "oidc"] {
             assert!(!fix.gcloud.contains(never), "{never} in {}", fix.gcloud);
         }

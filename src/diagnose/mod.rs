@@ -63,7 +63,12 @@ impl Code {
 
     /// Whether the job's config alone proves the cause.
     pub fn confirmed(self) -> bool {
-        matches!(self, Code::MissingAuthToken | Code::OidcTokenForGoogleApi | Code::OauthTokenForNonGoogleTarget)
+        matches!(
+            self,
+            Code::MissingAuthToken
+                | Code::OidcTokenForGoogleApi
+                | Code::OauthTokenForNonGoogleTarget
+        )
     }
 }
 
@@ -126,7 +131,13 @@ impl Diagnosis {
             fix: Fix::default(),
             target_url: String::new(),
             target_kind: TargetKind::Other,
-            auth: AuthFacts { source: AuthSource::Unavailable, token: "unknown".into(), service_account: None, audience: None, scope: None },
+            auth: AuthFacts {
+                source: AuthSource::Unavailable,
+                token: "unknown".into(),
+                service_account: None,
+                audience: None,
+                scope: None,
+            },
         }
     }
 }
@@ -146,8 +157,13 @@ fn config_rule(http: &HttpTarget, kind: TargetKind, uri: &str) -> Option<Code> {
     match &http.token {
         Token::None => Some(Code::MissingAuthToken),
         Token::Oidc { .. } if kind == TargetKind::GoogleApi => Some(Code::OidcTokenForGoogleApi),
-        Token::OAuth { .. } if kind != TargetKind::GoogleApi => Some(Code::OauthTokenForNonGoogleTarget),
-        Token::Oidc { audience: Some(aud), .. } if target::origin(aud) != target::origin(uri) => Some(Code::OidcAudienceMismatch),
+        Token::OAuth { .. } if kind != TargetKind::GoogleApi => {
+            Some(Code::OauthTokenForNonGoogleTarget)
+        }
+        Token::Oidc {
+            audience: Some(aud),
+            ..
+        } if target::origin(aud) != target::origin(uri) => Some(Code::OidcAudienceMismatch),
         _ => None,
     }
 }
@@ -170,7 +186,9 @@ impl Default for Diagnoser {
 impl Diagnoser {
     /// Runbook links are `runbook_base#code`.
     pub fn new(runbook_base: &str) -> Self {
-        Diagnoser { runbook_base: runbook_base.trim_end_matches('#').to_owned() }
+        Diagnoser {
+            runbook_base: runbook_base.trim_end_matches('#').to_owned(),
+        }
     }
 
     /// The runbook section of a code.
@@ -179,7 +197,13 @@ impl Diagnoser {
     }
 
     /// CONTRACT section 3: the first matching rule for an auth failure of `job`.
-    pub fn diagnose(&self, job: &JobKey, lookup: &Lookup, outcome: Outcome, log_url: Option<&str>) -> Diagnosis {
+    pub fn diagnose(
+        &self,
+        job: &JobKey,
+        lookup: &Lookup,
+        outcome: Outcome,
+        log_url: Option<&str>,
+    ) -> Diagnosis {
         let config = lookup.config.as_deref();
         let http = config.and_then(JobConfig::http);
         let topic = match config.map(|c| &c.target) {
@@ -187,12 +211,25 @@ impl Diagnoser {
             _ => None,
         };
         // A Pub/Sub target has no URL: the topic names what the job calls.
-        let uri = http.and_then(|h| h.uri.clone()).or_else(|| log_url.map(str::to_owned)).or(topic).unwrap_or_default();
+        let uri = http
+            .and_then(|h| h.uri.clone())
+            .or_else(|| log_url.map(str::to_owned))
+            .or(topic)
+            .unwrap_or_default();
         let kind = TargetKind::of(&uri);
-        let case = Case { job, config, http, uri, kind, outcome: Some(outcome) };
+        let case = Case {
+            job,
+            config,
+            http,
+            uri,
+            kind,
+            outcome: Some(outcome),
+        };
         let code = match (config, http) {
             (None, _) => Code::AuthConfigUnavailable,
-            (Some(_), Some(h)) => config_rule(h, kind, &case.uri).unwrap_or(Self::by_outcome(outcome)),
+            (Some(_), Some(h)) => {
+                config_rule(h, kind, &case.uri).unwrap_or(Self::by_outcome(outcome))
+            }
             // Pub/Sub and App Engine targets carry no token to get wrong.
             (Some(_), None) => Self::by_outcome(outcome),
         };
@@ -211,10 +248,19 @@ impl Diagnoser {
     /// targets that need a token (Google APIs, Cloud Run, Cloud Functions): a webhook of one's
     /// own may well take none.
     pub fn audit(&self, config: &JobConfig, source: AuthSource) -> Vec<Diagnosis> {
-        let Some(http) = config.http() else { return Vec::new() };
+        let Some(http) = config.http() else {
+            return Vec::new();
+        };
         let uri = http.uri.clone().unwrap_or_default();
         let kind = TargetKind::of(&uri);
-        let case = Case { job: &config.key, config: Some(config), http: Some(http), uri, kind, outcome: None };
+        let case = Case {
+            job: &config.key,
+            config: Some(config),
+            http: Some(http),
+            uri,
+            kind,
+            outcome: None,
+        };
         match config_rule(http, kind, &case.uri) {
             Some(Code::MissingAuthToken) if kind == TargetKind::Other => Vec::new(),
             Some(code) => vec![self.make(code, &case, source, None)],
@@ -222,42 +268,83 @@ impl Diagnoser {
         }
     }
 
-    fn make(&self, code: Code, case: &Case<'_>, source: AuthSource, reason: Option<&str>) -> Diagnosis {
+    fn make(
+        &self,
+        code: Code,
+        case: &Case<'_>,
+        source: AuthSource,
+        reason: Option<&str>,
+    ) -> Diagnosis {
         let auth = match case.http.map(|h| &h.token) {
-            Some(Token::Oidc { service_account, audience }) => AuthFacts {
+            Some(Token::Oidc {
+                service_account,
+                audience,
+            }) => AuthFacts {
                 source,
                 token: "oidc".into(),
                 service_account: service_account.clone(),
                 audience: audience.clone(),
                 scope: None,
             },
-            Some(Token::OAuth { service_account, scope }) => AuthFacts {
+            Some(Token::OAuth {
+                service_account,
+                scope,
+            }) => AuthFacts {
                 source,
                 token: "oauth".into(),
                 service_account: service_account.clone(),
                 audience: None,
                 scope: scope.clone(),
             },
-            Some(Token::None) => AuthFacts { source, token: "none".into(), service_account: None, audience: None, scope: None },
+            Some(Token::None) => AuthFacts {
+                source,
+                token: "none".into(),
+                service_account: None,
+                audience: None,
+                scope: None,
+            },
             None => AuthFacts {
                 source,
-                token: if case.config.is_some() { "none" } else { "unknown" }.into(),
+                token: if case.config.is_some() {
+                    "none"
+                } else {
+                    "unknown"
+                }
+                .into(),
                 service_account: None,
                 audience: None,
                 scope: None,
             },
         };
         let (summary, detail) = words(code, case, &auth, reason);
-        let fix = fix::render(code, &fix::Facts::new(case.job, case.config, &case.uri, case.kind, &auth));
-        Diagnosis { code, summary, detail, fix, target_url: case.uri.clone(), target_kind: case.kind, auth }
+        let fix = fix::render(
+            code,
+            &fix::Facts::new(case.job, case.config, &case.uri, case.kind, &auth),
+        );
+        Diagnosis {
+            code,
+            summary,
+            detail,
+            fix,
+            target_url: case.uri.clone(),
+            target_kind: case.kind,
+            auth,
+        }
     }
 }
 
 /// The summary and detail of a diagnosis.
 fn words(code: Code, case: &Case<'_>, auth: &AuthFacts, reason: Option<&str>) -> (String, String) {
     let job = case.job.name();
-    let uri = if case.uri.is_empty() { "its target" } else { case.uri.as_str() };
-    let sa = auth.service_account.as_deref().unwrap_or("(no service account set)");
+    let uri = if case.uri.is_empty() {
+        "its target"
+    } else {
+        case.uri.as_str()
+    };
+    let sa = auth
+        .service_account
+        .as_deref()
+        .unwrap_or("(no service account set)");
     let failure = match case.outcome {
         Some(Outcome::PermissionDenied) => "403 PERMISSION_DENIED",
         Some(_) => "401 UNAUTHENTICATED",
@@ -345,21 +432,30 @@ mod tests {
     use std::sync::Arc;
 
     fn lookup(job: serde_json::Value) -> Lookup {
-        Lookup { config: Some(Arc::new(JobConfig::from_value(job).unwrap())), source: AuthSource::Inventory, reason: None }
+        Lookup {
+            config: Some(Arc::new(JobConfig::from_value(job).unwrap())),
+            source: AuthSource::Inventory,
+            reason: None,
+        }
     }
 
     fn job(target: serde_json::Value) -> serde_json::Value {
         let mut j = serde_json::json!({"name": "projects/p/locations/us-east1/jobs/j"});
-        j.as_object_mut().unwrap().extend(target.as_object().unwrap().clone());
+        j.as_object_mut()
+            .unwrap()
+            .extend(target.as_object().unwrap().clone());
         j
     }
 
     fn code(target: serde_json::Value, outcome: Outcome) -> Code {
         let key = JobKey::new("p", "us-east1", "j");
-        Diagnoser::default().diagnose(&key, &lookup(job(target)), outcome, None).code
+        Diagnoser::default()
+            .diagnose(&key, &lookup(job(target)), outcome, None)
+            .code
     }
 
-    const RUN_JOB: &str = "https://us-east1-run.googleapis.com/apis/run.googleapis.com/v1/namespaces/p/jobs/w:run";
+    const RUN_JOB: &str =
+        "https://us-east1-run.googleapis.com/apis/run.googleapis.com/v1/namespaces/p/jobs/w:run";
     const SERVICE: &str = "https://api-4x7qk2m9da-ue.a.run.app/tasks";
 
     #[test]
@@ -368,36 +464,94 @@ mod tests {
         let u = Outcome::Unauthenticated;
         let d = Outcome::PermissionDenied;
         let key = JobKey::new("p", "us-east1", "j");
-        let none = Lookup { config: None, source: AuthSource::Unavailable, reason: Some("x".into()) };
-        assert_eq!(Diagnoser::default().diagnose(&key, &none, u, Some(RUN_JOB)).code, Code::AuthConfigUnavailable);
-        assert_eq!(code(json!({"httpTarget": {"uri": RUN_JOB}}), u), Code::MissingAuthToken);
-        assert_eq!(code(json!({"httpTarget": {"uri": RUN_JOB, "oidcToken": {"serviceAccountEmail": "a@p.iam.gserviceaccount.com"}}}), d), Code::OidcTokenForGoogleApi);
-        assert_eq!(code(json!({"httpTarget": {"uri": SERVICE, "oauthToken": {"serviceAccountEmail": "a@x"}}}), u), Code::OauthTokenForNonGoogleTarget);
+        let none = Lookup {
+            config: None,
+            source: AuthSource::Unavailable,
+            reason: Some("x".into()),
+        };
         assert_eq!(
-            code(json!({"httpTarget": {"uri": SERVICE, "oidcToken": {"serviceAccountEmail": "a@x", "audience": "https://api.example.com"}}}), u),
+            Diagnoser::default()
+                .diagnose(&key, &none, u, Some(RUN_JOB))
+                .code,
+            Code::AuthConfigUnavailable
+        );
+        assert_eq!(
+            code(json!({"httpTarget": {"uri": RUN_JOB}}), u),
+            Code::MissingAuthToken
+        );
+        assert_eq!(
+            code(
+                json!({"httpTarget": {"uri": RUN_JOB, "oidcToken": {"serviceAccountEmail": "a@p.iam.gserviceaccount.com"}}}),
+                d
+            ),
+            Code::OidcTokenForGoogleApi
+        );
+        assert_eq!(
+            code(
+                json!({"httpTarget": {"uri": SERVICE, "oauthToken": {"serviceAccountEmail": "a@x"}}}),
+                u
+            ),
+            Code::OauthTokenForNonGoogleTarget
+        );
+        assert_eq!(
+            code(
+                json!({"httpTarget": {"uri": SERVICE, "oidcToken": {"serviceAccountEmail": "a@x", "audience": "https://api.example.com"}}}),
+                u
+            ),
             Code::OidcAudienceMismatch
         );
         // The audience's path does not matter, only its origin.
         assert_eq!(
-            code(json!({"httpTarget": {"uri": SERVICE, "oidcToken": {"serviceAccountEmail": "a@x", "audience": "https://api-4x7qk2m9da-ue.a.run.app/other"}}}), d),
+            code(
+                json!({"httpTarget": {"uri": SERVICE, "oidcToken": {"serviceAccountEmail": "a@x", "audience": "https://api-4x7qk2m9da-ue.a.run.app/other"}}}),
+                d
+            ),
             Code::MissingInvokerPermission
         );
-        assert_eq!(code(json!({"httpTarget": {"uri": SERVICE, "oidcToken": {"serviceAccountEmail": "a@x"}}}), u), Code::UnexplainedAuthFailure);
-        assert_eq!(code(json!({"httpTarget": {"uri": RUN_JOB, "oauthToken": {"serviceAccountEmail": "a@x"}}}), d), Code::MissingInvokerPermission);
+        assert_eq!(
+            code(
+                json!({"httpTarget": {"uri": SERVICE, "oidcToken": {"serviceAccountEmail": "a@x"}}}),
+                u
+            ),
+            Code::UnexplainedAuthFailure
+        );
+        assert_eq!(
+            code(
+                json!({"httpTarget": {"uri": RUN_JOB, "oauthToken": {"serviceAccountEmail": "a@x"}}}),
+                d
+            ),
+            Code::MissingInvokerPermission
+        );
         // Other target types go straight to rule 6 or 7.
-        assert_eq!(code(json!({"pubsubTarget": {"topicName": "projects/p/topics/t"}}), d), Code::MissingInvokerPermission);
-        assert_eq!(code(json!({"appEngineHttpTarget": {"relativeUri": "/x"}}), u), Code::UnexplainedAuthFailure);
+        assert_eq!(
+            code(
+                json!({"pubsubTarget": {"topicName": "projects/p/topics/t"}}),
+                d
+            ),
+            Code::MissingInvokerPermission
+        );
+        assert_eq!(
+            code(json!({"appEngineHttpTarget": {"relativeUri": "/x"}}), u),
+            Code::UnexplainedAuthFailure
+        );
     }
 
     #[test]
     fn audit_reports_rule_2_only_for_targets_that_need_a_token() {
         use serde_json::json;
         let d = Diagnoser::default();
-        let webhook = JobConfig::from_value(job(json!({"httpTarget": {"uri": "https://hooks.example/x"}}))).unwrap();
+        let webhook = JobConfig::from_value(job(
+            json!({"httpTarget": {"uri": "https://hooks.example/x"}}),
+        ))
+        .unwrap();
         assert!(d.audit(&webhook, AuthSource::Inventory).is_empty());
         let run = JobConfig::from_value(job(json!({"httpTarget": {"uri": SERVICE}}))).unwrap();
-        assert_eq!(d.audit(&run, AuthSource::Inventory)[0].code, Code::MissingAuthToken);
-        let pubsub = JobConfig::from_value(job(json!({"pubsubTarget": {"topicName": "t"}}))).unwrap();
+        assert_eq!(
+            d.audit(&run, AuthSource::Inventory)[0].code,
+            Code::MissingAuthToken
+        );
+        let pubsub =
+            JobConfig::from_value(job(json!({"pubsubTarget": {"topicName": "t"}}))).unwrap();
         assert!(d.audit(&pubsub, AuthSource::Inventory).is_empty());
     }
 
@@ -406,6 +560,9 @@ mod tests {
         for c in Code::ALL {
             assert_eq!(serde_json::to_value(c).unwrap(), c.as_str());
         }
-        assert_eq!(Diagnoser::new("https://x/runbook.md").runbook_url(Code::MissingAuthToken), "https://x/runbook.md#missing-auth-token");
+        assert_eq!(
+            Diagnoser::new("https://x/runbook.md").runbook_url(Code::MissingAuthToken),
+            "https://x/runbook.md#missing-auth-token"
+        );
     }
 }

@@ -38,9 +38,16 @@ pub enum FileError {
 
 /// Feeds one file (or `-`, stdin) through the pipeline, handing each batch of alerts to
 /// `emit` as soon as the entry that caused it is processed.
-pub fn replay(path: &Path, pipeline: &mut Pipeline, emit: &mut dyn FnMut(&[Alert]) -> io::Result<()>) -> Result<(), FileError> {
+pub fn replay(
+    path: &Path,
+    pipeline: &mut Pipeline,
+    emit: &mut dyn FnMut(&[Alert]) -> io::Result<()>,
+) -> Result<(), FileError> {
     let name = path.display().to_string();
-    let io_err = |source| FileError::Io { path: name.clone(), source };
+    let io_err = |source| FileError::Io {
+        path: name.clone(),
+        source,
+    };
     let (reader, size): (Box<dyn Read>, Option<u64>) = if name == "-" {
         (Box::new(io::stdin().lock()), None)
     } else {
@@ -76,7 +83,10 @@ pub fn replay(path: &Path, pipeline: &mut Pipeline, emit: &mut dyn FnMut(&[Alert
                     Next::Line(line) if is_blank(line) => continue,
                     // A first line that is not a whole JSON value starts a pretty-printed
                     // document: read it whole.
-                    Next::Line(line) if first_line && serde_json::from_slice::<serde::de::IgnoredAny>(line).is_err() => {
+                    Next::Line(line)
+                        if first_line
+                            && serde_json::from_slice::<serde::de::IgnoredAny>(line).is_err() =>
+                    {
                         let line = line.to_vec();
                         let whole = lines.rest(&line).map_err(io_err)?;
                         break document(&whole, pipeline, &mut out, &mut flush);
@@ -102,7 +112,9 @@ fn document(
     out: &mut Vec<Alert>,
     flush: &mut dyn FnMut(&mut Vec<Alert>) -> Result<(), FileError>,
 ) -> Result<(), FileError> {
-    let values: Result<Vec<&RawValue>, _> = serde_json::Deserializer::from_slice(whole).into_iter::<&RawValue>().collect();
+    let values: Result<Vec<&RawValue>, _> = serde_json::Deserializer::from_slice(whole)
+        .into_iter::<&RawValue>()
+        .collect();
     let Ok(values) = values else {
         for line in whole.split(|&b| b == b'\n').filter(|l| !is_blank(l)) {
             if line.len() > MAX_ENTRY_BYTES {
@@ -165,7 +177,14 @@ struct Lines<R> {
 impl<R: Read> Lines<R> {
     fn new(reader: R) -> Self {
         // Room for the longest accepted line plus one read.
-        Lines { reader, buf: vec![0; MAX_ENTRY_BYTES + READ_BUFFER], start: 0, end: 0, eof: false, discarding: false }
+        Lines {
+            reader,
+            buf: vec![0; MAX_ENTRY_BYTES + READ_BUFFER],
+            start: 0,
+            end: 0,
+            eof: false,
+            discarding: false,
+        }
     }
 
     /// Skips a UTF-8 byte-order mark at the start (some Windows editors write one).
@@ -243,7 +262,10 @@ impl<R: Read> Lines<R> {
     /// The first byte that is not white space, without consuming anything else.
     fn first_byte(&mut self) -> io::Result<Option<u8>> {
         loop {
-            if let Some(b) = self.buf[self.start..self.end].iter().find(|b| !b.is_ascii_whitespace()) {
+            if let Some(b) = self.buf[self.start..self.end]
+                .iter()
+                .find(|b| !b.is_ascii_whitespace())
+            {
                 return Ok(Some(*b));
             }
             self.start = self.end;
@@ -279,9 +301,11 @@ fn progress_bar(size: Option<u64>, name: &str) -> ProgressBar {
         Some(n) => ProgressBar::new(n),
         None => ProgressBar::new_spinner(),
     };
-    let style = ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
-        .unwrap_or_else(|_| ProgressStyle::default_bar())
-        .progress_chars("=> ");
+    let style = ProgressStyle::with_template(
+        "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+    )
+    .unwrap_or_else(|_| ProgressStyle::default_bar())
+    .progress_chars("=> ");
     bar.set_style(style);
     bar.set_message(name.to_owned());
     bar

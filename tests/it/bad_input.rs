@@ -26,12 +26,20 @@ fn entry(name: &str, insert_id: &str, timestamp: &str) -> Value {
 }
 
 fn failure(i: usize) -> Vec<u8> {
-    let e = entry("logs/attempt_finished_401_oidc_run_job.json", &format!("badinput{i:06}"), &format!("2026-03-02T02:{:02}:07.298114Z", i * 10));
+    let e = entry(
+        "logs/attempt_finished_401_oidc_run_job.json",
+        &format!("badinput{i:06}"),
+        &format!("2026-03-02T02:{:02}:07.298114Z", i * 10),
+    );
     serde_json::to_vec(&e).unwrap()
 }
 
 fn success() -> Vec<u8> {
-    let e = entry("logs/attempt_finished_200_success.json", "badinput-ok", "2026-03-02T03:00:06.875501Z");
+    let e = entry(
+        "logs/attempt_finished_200_success.json",
+        "badinput-ok",
+        "2026-03-02T03:00:06.875501Z",
+    );
     serde_json::to_vec(&e).unwrap()
 }
 
@@ -73,7 +81,8 @@ fn bad_items() -> Vec<(&'static str, Vec<u8>)> {
     let mut deep = "[".repeat(100_000).into_bytes();
     deep.extend(std::iter::repeat_n(b']', 100_000));
     // 10 MiB of debugInfo in an otherwise real-shaped entry.
-    let huge = scheduler_entry(|e| e["jsonPayload"]["debugInfo"] = json!("x".repeat(10 * 1024 * 1024)));
+    let huge =
+        scheduler_entry(|e| e["jsonPayload"]["debugInfo"] = json!("x".repeat(10 * 1024 * 1024)));
     vec![
         ("invalid_json", good[..good.len() / 2].to_vec()), // truncated
         ("invalid_json", non_utf8),
@@ -109,7 +118,11 @@ fn bad_items() -> Vec<(&'static str, Vec<u8>)> {
 fn corpus(bad_first: bool) -> Vec<u8> {
     let bad = bad_items();
     let counted: u64 = want_skips().values().sum();
-    assert_eq!(bad.len() as u64, counted, "want_skips() and bad_items() disagree");
+    assert_eq!(
+        bad.len() as u64,
+        counted,
+        "want_skips() and bad_items() disagree"
+    );
     let mut lines: Vec<(Vec<u8>, &str)> = Vec::new();
     let mut good = (0..3).map(failure);
     let mut bad = bad.into_iter().map(|(_, b)| b);
@@ -141,9 +154,17 @@ fn corpus(bad_first: bool) -> Vec<u8> {
 /// `schedwatch replay --format json ARGS`, feeding `stdin` when given.
 fn replay(args: &[&str], stdin: Option<Vec<u8>>) -> Output {
     let mut cmd = bin();
-    cmd.arg("replay").arg("--format").arg("json").args(args).env("NO_COLOR", "1");
+    cmd.arg("replay")
+        .arg("--format")
+        .arg("json")
+        .args(args)
+        .env("NO_COLOR", "1");
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-    cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
+    cmd.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    });
     let mut child = cmd.spawn().expect("schedwatch runs");
     let writer = stdin.map(|bytes| {
         let mut pipe = child.stdin.take().unwrap();
@@ -176,24 +197,50 @@ fn summary(err: &str) -> Summary {
         .lines()
         .find_map(|l| l.split_once("schedwatch replay: ").map(|(_, s)| s))
         .unwrap_or_else(|| panic!("no `schedwatch replay:` summary in stderr:\n{err}"));
-    let (n, rest) = line.split_once(" entries read, ").unwrap_or_else(|| panic!("summary: {line}"));
-    let entries = n.trim().parse().unwrap_or_else(|_| panic!("summary: {line}"));
+    let (n, rest) = line
+        .split_once(" entries read, ")
+        .unwrap_or_else(|| panic!("summary: {line}"));
+    let entries = n
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("summary: {line}"));
     let mut skipped = BTreeMap::new();
     if !rest.starts_with("none skipped") {
-        let (total, rest) = rest.split_once(" skipped (").unwrap_or_else(|| panic!("summary: {line}"));
-        let (list, _) = rest.split_once(')').unwrap_or_else(|| panic!("summary: {line}"));
+        let (total, rest) = rest
+            .split_once(" skipped (")
+            .unwrap_or_else(|| panic!("summary: {line}"));
+        let (list, _) = rest
+            .split_once(')')
+            .unwrap_or_else(|| panic!("summary: {line}"));
         for part in list.split(", ") {
-            let (reason, k) = part.rsplit_once(' ').unwrap_or_else(|| panic!("summary: {line}"));
-            skipped.insert(reason.to_owned(), k.parse().unwrap_or_else(|_| panic!("summary: {line}")));
+            let (reason, k) = part
+                .rsplit_once(' ')
+                .unwrap_or_else(|| panic!("summary: {line}"));
+            skipped.insert(
+                reason.to_owned(),
+                k.parse().unwrap_or_else(|_| panic!("summary: {line}")),
+            );
         }
-        let total: u64 = total.trim().parse().unwrap_or_else(|_| panic!("summary: {line}"));
-        assert_eq!(total, skipped.values().sum::<u64>(), "the skipped total disagrees with its parts: {line}");
+        let total: u64 = total
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("summary: {line}"));
+        assert_eq!(
+            total,
+            skipped.values().sum::<u64>(),
+            "the skipped total disagrees with its parts: {line}"
+        );
     }
     Summary { entries, skipped }
 }
 
 /// Exit 0, no panic, and the summary's per-reason counts; one warning per reason.
-fn problems(what: &str, out: &Output, want_entries: u64, want_skips: &BTreeMap<String, u64>) -> Vec<String> {
+fn problems(
+    what: &str,
+    out: &Output,
+    want_entries: u64,
+    want_skips: &BTreeMap<String, u64>,
+) -> Vec<String> {
     let err = stderr(out);
     let mut p = Vec::new();
     if out.status.code() != Some(0) {
@@ -208,17 +255,33 @@ fn problems(what: &str, out: &Output, want_entries: u64, want_skips: &BTreeMap<S
     }
     let got = summary(&err);
     if got.skipped != *want_skips {
-        p.push(format!("{what}: skipped {:?}, want {want_skips:?}", got.skipped));
+        p.push(format!(
+            "{what}: skipped {:?}, want {want_skips:?}",
+            got.skipped
+        ));
     }
     if got.entries != want_entries {
-        p.push(format!("{what}: {} entries read, want {want_entries}", got.entries));
+        p.push(format!(
+            "{what}: {} entries read, want {want_entries}",
+            got.entries
+        ));
     }
-    let warnings: Vec<&str> = err.lines().filter(|l| l.contains("skipped an entry")).collect();
+    let warnings: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains("skipped an entry"))
+        .collect();
     if warnings.len() != got.skipped.len() {
-        p.push(format!("{what}: {} 'skipped an entry' warnings for {} reasons: {warnings:#?}", warnings.len(), got.skipped.len()));
+        p.push(format!(
+            "{what}: {} 'skipped an entry' warnings for {} reasons: {warnings:#?}",
+            warnings.len(),
+            got.skipped.len()
+        ));
     }
     for reason in got.skipped.keys() {
-        let n = warnings.iter().filter(|w| w.contains(reason.as_str())).count();
+        let n = warnings
+            .iter()
+            .filter(|w| w.contains(reason.as_str()))
+            .count();
         if n != 1 {
             p.push(format!("{what}: {n} warnings name {reason}, want 1"));
         }
@@ -235,8 +298,18 @@ fn tail(s: &str) -> String {
 fn the_corpus_is_skipped_and_counted_while_good_entries_alert() {
     let dir = tempfile::tempdir().unwrap();
     let want_alerts = vec![
-        (JOB.to_owned(), "firing".to_owned(), "auth-config-unavailable".to_owned(), 3),
-        (JOB.to_owned(), "resolved".to_owned(), "auth-config-unavailable".to_owned(), 3),
+        (
+            JOB.to_owned(),
+            "firing".to_owned(),
+            "auth-config-unavailable".to_owned(),
+            3,
+        ),
+        (
+            JOB.to_owned(),
+            "resolved".to_owned(),
+            "auth-config-unavailable".to_owned(),
+            3,
+        ),
     ];
     let skips = want_skips();
     let entries = skips.values().sum::<u64>() + 4;
@@ -245,8 +318,18 @@ fn the_corpus_is_skipped_and_counted_while_good_entries_alert() {
         let bytes = corpus(bad_first);
         assert!(bytes.len() > 10 * 1024 * 1024);
         let path = write(dir.path(), &format!("corpus-{bad_first}.ndjson"), &bytes);
-        for (door, out) in [("file", replay_file(&path)), ("stdin", replay(&["-"], Some(bytes)))] {
-            let what = format!("{door}, {}", if bad_first { "truncated line first" } else { "good line first" });
+        for (door, out) in [
+            ("file", replay_file(&path)),
+            ("stdin", replay(&["-"], Some(bytes))),
+        ] {
+            let what = format!(
+                "{door}, {}",
+                if bad_first {
+                    "truncated line first"
+                } else {
+                    "good line first"
+                }
+            );
             all.extend(problems(&what, &out, entries, &skips));
             let got = projection(&ndjson(&out));
             if got != want_alerts {
@@ -303,13 +386,19 @@ fn an_array_inside_ndjson_is_not_an_entry() {
     let want: BTreeMap<String, u64> = [("not_an_object".to_owned(), 4)].into();
     let p = problems("array lines", &out, 5, &want);
     assert!(p.is_empty(), "{}", p.join("\n"));
-    assert_eq!(ndjson(&out).len(), 0, "one 401 makes no alert without an inventory; arrays add none");
+    assert_eq!(
+        ndjson(&out).len(),
+        0,
+        "one 401 makes no alert without an inventory; arrays add none"
+    );
 }
 
 #[test]
 fn bad_items_inside_a_json_array_are_counted() {
     let dir = tempfile::tempdir().unwrap();
-    let good: Vec<Value> = (0..3).map(|i| serde_json::from_slice(&failure(i)).unwrap()).collect();
+    let good: Vec<Value> = (0..3)
+        .map(|i| serde_json::from_slice(&failure(i)).unwrap())
+        .collect();
     let doc = json!([
         serde_json::from_slice::<Value>(&success()).unwrap(),
         good[2], null, 42, "text", {},
@@ -317,13 +406,21 @@ fn bad_items_inside_a_json_array_are_counted() {
         {"message": {"data": "not base64!"}},
         good[1], good[0],
     ]);
-    let path = write(dir.path(), "gcloud.json", serde_json::to_string_pretty(&doc).unwrap());
+    let path = write(
+        dir.path(),
+        "gcloud.json",
+        serde_json::to_string_pretty(&doc).unwrap(),
+    );
     let out = replay_file(&path);
-    let want: BTreeMap<String, u64> =
-        [("not_an_object", 3), ("not_a_scheduler_entry", 1), ("bad_timestamp", 1), ("bad_pubsub_message", 1)]
-            .into_iter()
-            .map(|(r, n)| (r.to_owned(), n))
-            .collect();
+    let want: BTreeMap<String, u64> = [
+        ("not_an_object", 3),
+        ("not_a_scheduler_entry", 1),
+        ("bad_timestamp", 1),
+        ("bad_pubsub_message", 1),
+    ]
+    .into_iter()
+    .map(|(r, n)| (r.to_owned(), n))
+    .collect();
     let p = problems("array document", &out, 10, &want);
     assert!(p.is_empty(), "{}", p.join("\n"));
     // Newest first in the file, processed in time order: three failures, then the success.
@@ -331,8 +428,18 @@ fn bad_items_inside_a_json_array_are_counted() {
     assert_eq!(
         got,
         vec![
-            (JOB.to_owned(), "firing".to_owned(), "auth-config-unavailable".to_owned(), 3),
-            (JOB.to_owned(), "resolved".to_owned(), "auth-config-unavailable".to_owned(), 3),
+            (
+                JOB.to_owned(),
+                "firing".to_owned(),
+                "auth-config-unavailable".to_owned(),
+                3
+            ),
+            (
+                JOB.to_owned(),
+                "resolved".to_owned(),
+                "auth-config-unavailable".to_owned(),
+                3
+            ),
         ]
     );
 }
@@ -342,7 +449,10 @@ fn an_empty_file_is_no_entries_and_no_alerts() {
     let dir = tempfile::tempdir().unwrap();
     for (name, text) in [("empty.ndjson", ""), ("blank.ndjson", "\n\r\n  \n\t")] {
         let path = write(dir.path(), name, text);
-        for (door, out) in [("file", replay_file(&path)), ("stdin", replay(&["-"], Some(text.as_bytes().to_vec())))] {
+        for (door, out) in [
+            ("file", replay_file(&path)),
+            ("stdin", replay(&["-"], Some(text.as_bytes().to_vec()))),
+        ] {
             let what = format!("{name} via {door}");
             let p = problems(&what, &out, 0, &BTreeMap::new());
             assert!(p.is_empty(), "{}", p.join("\n"));
@@ -358,7 +468,10 @@ fn a_missing_file_is_a_usage_error_naming_it() {
     let out = replay_file(&path);
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(2), "stderr: {err}");
-    assert!(err.contains("no-such-logs.ndjson"), "the message names the file: {err}");
+    assert!(
+        err.contains("no-such-logs.ndjson"),
+        "the message names the file: {err}"
+    );
     assert!(!err.contains("panicked"), "{err}");
     assert!(out.stdout.is_empty());
 }
@@ -368,11 +481,28 @@ fn a_pretty_printed_entry_is_one_entry() {
     let jobs = fixture("jobs/oidc_to_googleapis_run_job_broken.json");
     let file = fixture("logs/attempt_finished_401_oidc_run_job.json");
     let text = std::fs::read(&file).unwrap();
-    assert!(text.iter().filter(|&&b| b == b'\n').count() > 10, "the fixture is pretty-printed");
-    let want = vec![(JOB.to_owned(), "firing".to_owned(), "oidc-token-for-google-api".to_owned(), 1)];
+    assert!(
+        text.iter().filter(|&&b| b == b'\n').count() > 10,
+        "the fixture is pretty-printed"
+    );
+    let want = vec![(
+        JOB.to_owned(),
+        "firing".to_owned(),
+        "oidc-token-for-google-api".to_owned(),
+        1,
+    )];
     for (door, out) in [
-        ("file", replay(&["--jobs", jobs.to_str().unwrap(), file.to_str().unwrap()], None)),
-        ("stdin", replay(&["--jobs", jobs.to_str().unwrap(), "-"], Some(text))),
+        (
+            "file",
+            replay(
+                &["--jobs", jobs.to_str().unwrap(), file.to_str().unwrap()],
+                None,
+            ),
+        ),
+        (
+            "stdin",
+            replay(&["--jobs", jobs.to_str().unwrap(), "-"], Some(text)),
+        ),
     ] {
         let p = problems(door, &out, 1, &BTreeMap::new());
         assert!(p.is_empty(), "{}", p.join("\n"));
@@ -391,7 +521,12 @@ fn a_pretty_printed_entry_after_blank_lines_is_one_entry() {
         let mut bytes = lead.as_bytes().to_vec();
         bytes.extend(&text);
         let path = write(dir.path(), &format!("lead-{i}.json"), &bytes);
-        all.extend(problems(&format!("leading {lead:?}"), &replay_file(&path), 1, &BTreeMap::new()));
+        all.extend(problems(
+            &format!("leading {lead:?}"),
+            &replay_file(&path),
+            1,
+            &BTreeMap::new(),
+        ));
     }
     assert!(all.is_empty(), "{}", all.join("\n"));
 }
@@ -409,5 +544,9 @@ fn a_byte_order_mark_does_not_cost_the_first_entry() {
     assert!(out.status.success());
     let s = summary(&crate::common::stderr(&out));
     assert_eq!((s.entries, s.skipped.len()), (3, 0), "{s:?}");
-    assert_eq!(crate::common::ndjson(&out).len(), 1, "the third 401 fires (no inventory)");
+    assert_eq!(
+        crate::common::ndjson(&out).len(),
+        1,
+        "the third 401 fires (no inventory)"
+    );
 }

@@ -21,7 +21,11 @@ fn every_bundled_config_passes_check_config() {
 #[test]
 fn check_config_names_the_line_and_exits_2() {
     let dir = tempfile::tempdir().unwrap();
-    let bad = common::write(dir.path(), "bad.toml", "[incidents]\nmin_failures = 3\nrepeat_interval = \"soon\"\n");
+    let bad = common::write(
+        dir.path(),
+        "bad.toml",
+        "[incidents]\nmin_failures = 3\nrepeat_interval = \"soon\"\n",
+    );
     let out = run(&["check-config", bad.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
     let err = stderr(&out);
@@ -37,7 +41,13 @@ fn check_config_names_the_line_and_exits_2() {
 #[test]
 fn the_demo_prints_the_reference_alerts() {
     let demo = common::root().join("config/demo.toml");
-    let out = run(&["run", "--config", demo.to_str().unwrap(), "--format", "json"]);
+    let out = run(&[
+        "run",
+        "--config",
+        demo.to_str().unwrap(),
+        "--format",
+        "json",
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let got = common::projection(&common::ndjson(&out));
     let reference = std::process::Command::new("python3")
@@ -52,16 +62,35 @@ fn the_demo_prints_the_reference_alerts() {
         .lines()
         .map(|l| {
             let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            (v["job"].as_str().unwrap().into(), v["event"].as_str().unwrap().into(), v["code"].as_str().unwrap().into(), v["count"].as_u64().unwrap())
+            (
+                v["job"].as_str().unwrap().into(),
+                v["event"].as_str().unwrap().into(),
+                v["code"].as_str().unwrap().into(),
+                v["count"].as_u64().unwrap(),
+            )
         })
         .collect();
     assert_eq!(got, want);
-    assert!(got.iter().any(|(j, e, c, _)| j.ends_with("commit-worker") && e == "firing" && c == "oidc-token-for-google-api"));
+    assert!(got.iter().any(|(j, e, c, _)| j.ends_with("commit-worker")
+        && e == "firing"
+        && c == "oidc-token-for-google-api"));
     // The demo's own receiver prints the readable view, with the fix.
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("FIRING  acme-data-prod/us-east1/commit-worker  oidc-token-for-google-api (confirmed)"), "{text}");
-    assert!(text.contains("gcloud scheduler jobs update http commit-worker \\"), "{text}");
-    assert!(stderr(&out).contains("schedwatch run: 32 entries read"), "{}", stderr(&out));
+    assert!(
+        text.contains(
+            "FIRING  acme-data-prod/us-east1/commit-worker  oidc-token-for-google-api (confirmed)"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("gcloud scheduler jobs update http commit-worker \\"),
+        "{text}"
+    );
+    assert!(
+        stderr(&out).contains("schedwatch run: 32 entries read"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
@@ -81,16 +110,32 @@ fn replay_reads_stdin_and_prints_text_with_the_fix() {
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("--oauth-service-account-email=543333616568-compute@developer.gserviceaccount.com"), "{text}");
-    assert!(text.contains("RESOLVED  acme-data-prod/us-east1/commit-worker"), "{text}");
-    assert!(stderr(&out).contains("2 alerts sent (1 firing, 0 repeat, 1 resolved)"), "{}", stderr(&out));
+    assert!(
+        text.contains(
+            "--oauth-service-account-email=543333616568-compute@developer.gserviceaccount.com"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("RESOLVED  acme-data-prod/us-east1/commit-worker"),
+        "{text}"
+    );
+    assert!(
+        stderr(&out).contains("2 alerts sent (1 firing, 0 repeat, 1 resolved)"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
 fn usage_errors_exit_2_and_say_what_to_change() {
     let out = run(&["replay", "/no/such/logs.ndjson"]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("/no/such/logs.ndjson"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("/no/such/logs.ndjson"),
+        "{}",
+        stderr(&out)
+    );
     let out = run(&["replay", "--jobs", "/no/such/jobs", "-"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("/no/such/jobs"), "{}", stderr(&out));
@@ -98,7 +143,11 @@ fn usage_errors_exit_2_and_say_what_to_change() {
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("--jobs PATH"), "{}", stderr(&out));
     let out = run(&["audit", "--project", "p"]);
-    assert_eq!(out.status.code(), Some(2), "clap: --project needs --location");
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "clap: --project needs --location"
+    );
     let out = run(&["frobnicate"]);
     assert_eq!(out.status.code(), Some(2));
     let dir = tempfile::tempdir().unwrap();
@@ -111,18 +160,46 @@ fn usage_errors_exit_2_and_say_what_to_change() {
 #[test]
 fn audit_exits_1_on_findings_and_0_without() {
     let jobs = common::fixture("jobs");
-    let out = run(&["audit", "--jobs", jobs.to_str().unwrap(), "--format", "json"]);
+    let out = run(&[
+        "audit",
+        "--jobs",
+        jobs.to_str().unwrap(),
+        "--format",
+        "json",
+    ]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let lines = common::ndjson(&out);
-    let by_job = |id: &str| lines.iter().find(|l| l["job"]["id"] == id).unwrap_or_else(|| panic!("{id} audited"));
-    let codes = |id: &str| by_job(id)["findings"].as_array().unwrap().iter().map(|f| f["code"].as_str().unwrap().to_owned()).collect::<Vec<_>>();
+    let by_job = |id: &str| {
+        lines
+            .iter()
+            .find(|l| l["job"]["id"] == id)
+            .unwrap_or_else(|| panic!("{id} audited"))
+    };
+    let codes = |id: &str| {
+        by_job(id)["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["code"].as_str().unwrap().to_owned())
+            .collect::<Vec<_>>()
+    };
     assert_eq!(codes("nightly-etl-trigger"), ["oidc-token-for-google-api"]);
     assert_eq!(codes("legacy-cron-cleanup"), Vec::<String>::new());
     let f = &by_job("nightly-etl-trigger")["findings"][0];
-    assert!(f["fix"]["gcloud"].as_str().unwrap().contains("--oauth-service-account-email="));
+    assert!(f["fix"]["gcloud"]
+        .as_str()
+        .unwrap()
+        .contains("--oauth-service-account-email="));
     assert!(f["summary"].as_str().unwrap().len() > 10);
     let healthy = common::shared().join("examples/non-auth-noise/jobs");
-    let out = run(&["audit", "--jobs", healthy.to_str().unwrap(), "--format", "text"]);
+    let out = run(&[
+        "audit",
+        "--jobs",
+        healthy.to_str().unwrap(),
+        "--format",
+        "text",
+    ]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("ok       acme-data-prod/us-east1/healthy-job"));
+    assert!(String::from_utf8_lossy(&out.stdout)
+        .contains("ok       acme-data-prod/us-east1/healthy-job"));
 }

@@ -6,7 +6,14 @@ use crate::common::{self, run, stderr};
 #[test]
 fn the_seed_case_alert_follows_the_contract_field_by_field() {
     let ex = common::shared().join("examples/oidc-to-run-job-then-fixed");
-    let out = run(&["replay", "--jobs", ex.join("jobs").to_str().unwrap(), "--format", "json", ex.join("logs.ndjson").to_str().unwrap()]);
+    let out = run(&[
+        "replay",
+        "--jobs",
+        ex.join("jobs").to_str().unwrap(),
+        "--format",
+        "json",
+        ex.join("logs.ndjson").to_str().unwrap(),
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let alerts = common::ndjson(&out);
     assert_eq!(alerts.len(), 2);
@@ -24,30 +31,57 @@ fn the_seed_case_alert_follows_the_contract_field_by_field() {
     assert_eq!(firing["failure"]["first_at"], "2026-11-20T09:00:01.464Z");
     assert_eq!(firing["failure"]["last_at"], "2026-11-20T09:00:01.464Z");
     assert_eq!(firing["target"]["kind"], "google_api");
-    assert!(firing["target"]["url"].as_str().unwrap().ends_with("/jobs/commit-worker:run"));
+    assert!(firing["target"]["url"]
+        .as_str()
+        .unwrap()
+        .ends_with("/jobs/commit-worker:run"));
     assert_eq!(firing["auth"]["source"], "inventory");
     assert_eq!(firing["auth"]["token"], "oidc");
-    assert_eq!(firing["auth"]["service_account"], "543333616568-compute@developer.gserviceaccount.com");
+    assert_eq!(
+        firing["auth"]["service_account"],
+        "543333616568-compute@developer.gserviceaccount.com"
+    );
     assert_eq!(firing["auth"]["scope"], serde_json::Value::Null);
     assert_eq!(firing["diagnosis"]["code"], "oidc-token-for-google-api");
     assert_eq!(firing["diagnosis"]["confidence"], "confirmed");
-    assert!(firing["fix"]["gcloud"].as_str().unwrap().contains("--oauth-token-scope=https://www.googleapis.com/auth/cloud-platform"));
-    assert!(firing["fix"]["terraform"].as_str().unwrap().contains("oauth_token {"));
-    assert_eq!(firing["runbook_url"], "docs/runbook.md#oidc-token-for-google-api");
+    assert!(firing["fix"]["gcloud"]
+        .as_str()
+        .unwrap()
+        .contains("--oauth-token-scope=https://www.googleapis.com/auth/cloud-platform"));
+    assert!(firing["fix"]["terraform"]
+        .as_str()
+        .unwrap()
+        .contains("oauth_token {"));
+    assert_eq!(
+        firing["runbook_url"],
+        "docs/runbook.md#oidc-token-for-google-api"
+    );
     assert!(firing.get("resolved_at").is_none());
 
     assert_eq!(resolved["event"], "resolved");
     assert_eq!(resolved["incident_id"], firing["incident_id"]);
     assert_eq!(resolved["failure"]["count"], 6);
-    assert_eq!(resolved["failure"]["first_at"], firing["failure"]["first_at"]);
-    assert!(resolved["resolved_at"].as_str().unwrap() > resolved["failure"]["last_at"].as_str().unwrap());
+    assert_eq!(
+        resolved["failure"]["first_at"],
+        firing["failure"]["first_at"]
+    );
+    assert!(
+        resolved["resolved_at"].as_str().unwrap()
+            > resolved["failure"]["last_at"].as_str().unwrap()
+    );
 }
 
 #[test]
 fn the_runbook_has_a_section_for_every_code_the_alerts_link_to() {
     let runbook = std::fs::read_to_string(common::root().join("docs/runbook.md")).unwrap();
     for code in schedwatch::diagnose::Code::ALL {
-        assert!(runbook.lines().any(|l| l.trim() == format!("## {}", code.as_str())), "docs/runbook.md lacks `## {}`", code.as_str());
+        assert!(
+            runbook
+                .lines()
+                .any(|l| l.trim() == format!("## {}", code.as_str())),
+            "docs/runbook.md lacks `## {}`",
+            code.as_str()
+        );
     }
 }
 
@@ -55,11 +89,25 @@ fn the_runbook_has_a_section_for_every_code_the_alerts_link_to() {
 fn a_configured_runbook_base_url_is_used() {
     let ex = common::shared().join("examples/forbidden-without-inventory");
     let dir = tempfile::tempdir().unwrap();
-    let cfg = common::write(dir.path(), "c.toml", "[runbook]\nbase_url = \"https://wiki.example.com/schedwatch/runbook\"\n");
-    let out = run(&["replay", "--config", cfg.to_str().unwrap(), "--format", "json", ex.join("logs.ndjson").to_str().unwrap()]);
+    let cfg = common::write(
+        dir.path(),
+        "c.toml",
+        "[runbook]\nbase_url = \"https://wiki.example.com/schedwatch/runbook\"\n",
+    );
+    let out = run(&[
+        "replay",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--format",
+        "json",
+        ex.join("logs.ndjson").to_str().unwrap(),
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let alerts = common::ndjson(&out);
-    assert_eq!(alerts[0]["runbook_url"], "https://wiki.example.com/schedwatch/runbook#auth-config-unavailable");
+    assert_eq!(
+        alerts[0]["runbook_url"],
+        "https://wiki.example.com/schedwatch/runbook#auth-config-unavailable"
+    );
 }
 
 #[test]
@@ -67,7 +115,14 @@ fn min_failures_from_the_config_changes_when_an_unconfirmed_incident_fires() {
     let ex = common::shared().join("examples/forbidden-without-inventory");
     let dir = tempfile::tempdir().unwrap();
     let cfg = common::write(dir.path(), "c.toml", "[incidents]\nmin_failures = 2\n");
-    let out = run(&["replay", "--config", cfg.to_str().unwrap(), "--format", "json", ex.join("logs.ndjson").to_str().unwrap()]);
+    let out = run(&[
+        "replay",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--format",
+        "json",
+        ex.join("logs.ndjson").to_str().unwrap(),
+    ]);
     let alerts = common::ndjson(&out);
     assert_eq!(alerts[0]["failure"]["count"], 2, "{alerts:?}");
 }

@@ -41,24 +41,43 @@ fn all_diagnoses() -> Vec<Diagnosis> {
         for token in &tokens {
             for body in [None, Some("eyJvdmVycmlkZXMiOnsidGFza0NvdW50IjoyfX0=")] {
                 let mut http = json!({"uri": uri, "httpMethod": "POST"});
-                http.as_object_mut().unwrap().extend(token.as_object().unwrap().clone());
+                http.as_object_mut()
+                    .unwrap()
+                    .extend(token.as_object().unwrap().clone());
                 if let Some(b) = body {
                     http["body"] = json!(b);
                 }
                 let job = json!({"name": key.name(), "httpTarget": http, "schedule": "*/5 * * * *", "timeZone": "Europe/Amsterdam"});
-                let lookup = Lookup { config: Some(Arc::new(JobConfig::from_value(job).unwrap())), source: AuthSource::Inventory, reason: None };
+                let lookup = Lookup {
+                    config: Some(Arc::new(JobConfig::from_value(job).unwrap())),
+                    source: AuthSource::Inventory,
+                    reason: None,
+                };
                 for outcome in [Outcome::Unauthenticated, Outcome::PermissionDenied] {
                     out.push(d.diagnose(&key, &lookup, outcome, Some(uri)));
                 }
             }
         }
-        let none = Lookup { config: None, source: AuthSource::Unavailable, reason: Some("not in the job inventory".into()) };
+        let none = Lookup {
+            config: None,
+            source: AuthSource::Unavailable,
+            reason: Some("not in the job inventory".into()),
+        };
         out.push(d.diagnose(&key, &none, Outcome::Unauthenticated, Some(uri)));
     }
-    for target in [json!({"pubsubTarget": {"topicName": "projects/acme-data-prod/topics/nightly"}}), json!({"appEngineHttpTarget": {"relativeUri": "/x"}})] {
+    for target in [
+        json!({"pubsubTarget": {"topicName": "projects/acme-data-prod/topics/nightly"}}),
+        json!({"appEngineHttpTarget": {"relativeUri": "/x"}}),
+    ] {
         let mut job = json!({"name": key.name()});
-        job.as_object_mut().unwrap().extend(target.as_object().unwrap().clone());
-        let lookup = Lookup { config: Some(Arc::new(JobConfig::from_value(job).unwrap())), source: AuthSource::Inventory, reason: None };
+        job.as_object_mut()
+            .unwrap()
+            .extend(target.as_object().unwrap().clone());
+        let lookup = Lookup {
+            config: Some(Arc::new(JobConfig::from_value(job).unwrap())),
+            source: AuthSource::Inventory,
+            reason: None,
+        };
         for outcome in [Outcome::Unauthenticated, Outcome::PermissionDenied] {
             out.push(d.diagnose(&key, &lookup, outcome, None));
         }
@@ -70,7 +89,10 @@ fn all_diagnoses() -> Vec<Diagnosis> {
 /// command quoted in a comment counts too.
 fn gcloud_commands(text: &str) -> Vec<String> {
     let joined = text.replace("\\\n", " ");
-    joined.lines().filter_map(|l| l.find("gcloud ").map(|i| l[i..].trim().to_owned())).collect()
+    joined
+        .lines()
+        .filter_map(|l| l.find("gcloud ").map(|i| l[i..].trim().to_owned()))
+        .collect()
 }
 
 /// Splits a command line as a POSIX shell would (the fixes use only single quotes).
@@ -117,9 +139,19 @@ fn shell_words(cmd: &str) -> Vec<String> {
 #[test]
 fn every_gcloud_fix_passes_the_real_gcloud_parser() {
     let which = Command::new("gcloud").arg("--version").output();
-    assert!(which.is_ok_and(|o| o.status.success()), "the gcloud CLI must be installed (.ci/run installs google-cloud-cli)");
-    let commands: BTreeSet<String> = all_diagnoses().iter().flat_map(|d| gcloud_commands(&d.fix.gcloud)).collect();
-    assert!(commands.len() >= 15, "the grid covers many distinct commands: {}", commands.len());
+    assert!(
+        which.is_ok_and(|o| o.status.success()),
+        "the gcloud CLI must be installed (.ci/run installs google-cloud-cli)"
+    );
+    let commands: BTreeSet<String> = all_diagnoses()
+        .iter()
+        .flat_map(|d| gcloud_commands(&d.fix.gcloud))
+        .collect();
+    assert!(
+        commands.len() >= 15,
+        "the grid covers many distinct commands: {}",
+        commands.len()
+    );
     let config = tempfile::tempdir().unwrap();
     let commands: Vec<String> = commands.into_iter().collect();
     // gcloud takes about a second to start: check on two threads.
@@ -141,33 +173,60 @@ fn every_gcloud_fix_passes_the_real_gcloud_parser() {
                             .expect("gcloud runs");
                         // 2: a flag or argument error. 1 ("no active account"): parsed fine.
                         if out.status.code() == Some(2) {
-                            bad.push(format!("{cmd}\n  -> {}", String::from_utf8_lossy(&out.stderr).lines().find(|l| l.contains("ERROR")).unwrap_or("")));
+                            bad.push(format!(
+                                "{cmd}\n  -> {}",
+                                String::from_utf8_lossy(&out.stderr)
+                                    .lines()
+                                    .find(|l| l.contains("ERROR"))
+                                    .unwrap_or("")
+                            ));
                         }
                     }
                     bad
                 })
             })
             .collect();
-        handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
     });
-    assert!(failures.is_empty(), "gcloud rejects:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "gcloud rejects:\n{}",
+        failures.join("\n")
+    );
 }
 
 #[test]
 fn every_terraform_fix_is_valid_hcl_of_the_right_resource() {
     for d in all_diagnoses() {
-        let body: hcl::Body = hcl::from_str(&d.fix.terraform).unwrap_or_else(|e| panic!("{:?}: not HCL: {e}\n{}", d.code, d.fix.terraform));
+        let body: hcl::Body = hcl::from_str(&d.fix.terraform)
+            .unwrap_or_else(|e| panic!("{:?}: not HCL: {e}\n{}", d.code, d.fix.terraform));
         let blocks: Vec<&hcl::Block> = body.blocks().collect();
-        assert!(!blocks.is_empty(), "{:?}: no block in {}", d.code, d.fix.terraform);
+        assert!(
+            !blocks.is_empty(),
+            "{:?}: no block in {}",
+            d.code,
+            d.fix.terraform
+        );
         let tf = &d.fix.terraform;
         match d.code {
-            Code::OidcTokenForGoogleApi => assert!(tf.contains("oauth_token {") && !tf.contains("oidc_token"), "{tf}"),
+            Code::OidcTokenForGoogleApi => assert!(
+                tf.contains("oauth_token {") && !tf.contains("oidc_token"),
+                "{tf}"
+            ),
             Code::OauthTokenForNonGoogleTarget | Code::OidcAudienceMismatch => {
-                assert!(tf.contains("oidc_token {") && !tf.contains("oauth_token"), "{tf}")
+                assert!(
+                    tf.contains("oidc_token {") && !tf.contains("oauth_token"),
+                    "{tf}"
+                )
             }
             Code::MissingAuthToken => assert!(tf.contains("http_target {"), "{tf}"),
             Code::MissingInvokerPermission => assert!(tf.contains("_iam_member"), "{tf}"),
-            Code::AuthConfigUnavailable | Code::UnexplainedAuthFailure => assert_eq!(blocks[0].identifier(), "import", "{tf}"),
+            Code::AuthConfigUnavailable | Code::UnexplainedAuthFailure => {
+                assert_eq!(blocks[0].identifier(), "import", "{tf}")
+            }
         }
     }
 }
@@ -177,16 +236,33 @@ fn fixes_never_give_the_advice_in_circulation() {
     for d in all_diagnoses() {
         let all = format!("{}\n{}", d.fix.gcloud, d.fix.terraform);
         for never in ["keys create", "Basic ", "key.json"] {
-            assert!(!all.contains(never), "{:?} suggests {never:?}:\n{all}", d.code);
+            assert!(
+                !all.contains(never),
+                "{:?} suggests {never:?}:\n{all}",
+                d.code
+            );
         }
         if d.code == Code::OidcTokenForGoogleApi {
-            for never in ["--oidc-token-audience", "--oidc-service-account-email", "add-iam-policy-binding", "audience"] {
-                assert!(!all.contains(never), "{never:?} in the fix for an OIDC token to a Google API:\n{all}");
+            for never in [
+                "--oidc-token-audience",
+                "--oidc-service-account-email",
+                "add-iam-policy-binding",
+                "audience",
+            ] {
+                assert!(
+                    !all.contains(never),
+                    "{never:?} in the fix for an OIDC token to a Google API:\n{all}"
+                );
             }
         }
         // More roles never fix a 401: grants appear only for 403s.
         if d.auth.source != AuthSource::Unavailable && d.code != Code::MissingInvokerPermission {
-            assert!(!d.fix.gcloud.contains("add-iam-policy-binding"), "{:?} grants a role:\n{}", d.code, d.fix.gcloud);
+            assert!(
+                !d.fix.gcloud.contains("add-iam-policy-binding"),
+                "{:?} grants a role:\n{}",
+                d.code,
+                d.fix.gcloud
+            );
         }
     }
 }
@@ -196,18 +272,36 @@ fn fixes_use_the_jobs_own_values_or_a_marked_placeholder() {
     for d in all_diagnoses() {
         let g = &d.fix.gcloud;
         if g.contains("scheduler jobs update http") {
-            assert!(g.contains("--project=acme-data-prod") && g.contains("--location=us-east1"), "{g}");
+            assert!(
+                g.contains("--project=acme-data-prod") && g.contains("--location=us-east1"),
+                "{g}"
+            );
             match &d.auth.service_account {
                 Some(sa) => assert!(g.contains(&format!("-service-account-email={sa}")), "{g}"),
-                None => assert!(g.contains("-service-account-email=SERVICE_ACCOUNT_EMAIL"), "{g}"),
+                None => assert!(
+                    g.contains("-service-account-email=SERVICE_ACCOUNT_EMAIL"),
+                    "{g}"
+                ),
             }
         }
-        if d.code == Code::MissingInvokerPermission && d.target_url.contains(":run") && !d.target_url.contains("workflow") {
+        if d.code == Code::MissingInvokerPermission
+            && d.target_url.contains(":run")
+            && !d.target_url.contains("workflow")
+        {
             assert!(g.contains("gcloud run jobs add-iam-policy-binding"), "{g}");
             assert!(g.contains("roles/run.invoker"), "{g}");
         }
-        if g.contains("update http") && g.contains("oidc-token-audience") && d.target_url.contains(".a.run.app") {
-            assert!(g.contains("--oidc-token-audience=https://report-api-4x7qk2m9da-ew.a.run.app \\") || g.ends_with("--oidc-token-audience=https://report-api-4x7qk2m9da-ew.a.run.app"), "the audience is the origin:\n{g}");
+        if g.contains("update http")
+            && g.contains("oidc-token-audience")
+            && d.target_url.contains(".a.run.app")
+        {
+            assert!(
+                g.contains("--oidc-token-audience=https://report-api-4x7qk2m9da-ew.a.run.app \\")
+                    || g.ends_with(
+                        "--oidc-token-audience=https://report-api-4x7qk2m9da-ew.a.run.app"
+                    ),
+                "the audience is the origin:\n{g}"
+            );
         }
     }
 }
@@ -216,8 +310,12 @@ fn fixes_use_the_jobs_own_values_or_a_marked_placeholder() {
 fn a_body_with_overrides_names_run_developer() {
     let d: Vec<Diagnosis> = all_diagnoses()
         .into_iter()
-        .filter(|d| d.code == Code::MissingInvokerPermission && d.fix.gcloud.contains("runWithOverrides"))
+        .filter(|d| {
+            d.code == Code::MissingInvokerPermission && d.fix.gcloud.contains("runWithOverrides")
+        })
         .collect();
     assert!(!d.is_empty());
-    assert!(d.iter().all(|d| d.fix.gcloud.contains("--role=roles/run.developer")));
+    assert!(d
+        .iter()
+        .all(|d| d.fix.gcloud.contains("--role=roles/run.developer")));
 }

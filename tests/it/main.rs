@@ -8,5 +8,6 @@ mod cli;
 mod examples;
 mod fixes;
 mod properties;
+mod pubsub;
 mod scenarios;
 mod scheduler_api;

@@ -36,14 +36,27 @@ fn inventory() -> Inventory {
 }
 
 fn pipeline() -> Pipeline {
-    let rules = IncidentRules { repeat_interval: std::time::Duration::from_secs(600), ..Default::default() };
-    Pipeline::new(rules, 10_000, Correlator::new(Some(inventory()), None), Diagnoser::default())
+    let rules = IncidentRules {
+        repeat_interval: std::time::Duration::from_secs(600),
+        ..Default::default()
+    };
+    Pipeline::new(
+        rules,
+        10_000,
+        Correlator::new(Some(inventory()), None),
+        Diagnoser::default(),
+    )
 }
 
 /// One execution log entry: job index, outcome (0 started, 1 success, 2 401, 3 403, 4 500),
 /// and a distinct second.
 fn entry(job: usize, outcome: u8, second: u32) -> String {
-    let ts = format!("2026-11-20T{:02}:{:02}:{:02}.000000Z", 9 + second / 3600, (second / 60) % 60, second % 60);
+    let ts = format!(
+        "2026-11-20T{:02}:{:02}:{:02}.000000Z",
+        9 + second / 3600,
+        (second / 60) % 60,
+        second % 60
+    );
     let (kind, status, http) = match outcome {
         0 => ("AttemptStarted", None, None),
         1 => ("AttemptFinished", None, Some(200)),

@@ -46,13 +46,20 @@ impl Request {
 
     /// The first value of header `name` (any case).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 
     /// The first value of query parameter `name`, decoded (`+` is a space, `%XX` a byte).
     pub fn query(&self, name: &str) -> Option<String> {
         let (_, query) = self.path.split_once('?')?;
-        query.split('&').map(|p| p.split_once('=').unwrap_or((p, ""))).find(|(k, _)| decode(k) == name).map(|(_, v)| decode(v))
+        query
+            .split('&')
+            .map(|p| p.split_once('=').unwrap_or((p, "")))
+            .find(|(k, _)| decode(k) == name)
+            .map(|(_, v)| decode(v))
     }
 
     /// The body as UTF-8 (lossy).
@@ -62,7 +69,8 @@ impl Request {
 
     /// The body as JSON; panics with the body when it is not.
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("request body is not JSON ({e}): {}", self.text()))
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("request body is not JSON ({e}): {}", self.text()))
     }
 }
 
@@ -98,17 +106,25 @@ pub struct Response {
 impl Response {
     /// An empty response.
     pub fn new(status: u16) -> Response {
-        Response { status, headers: Vec::new(), body: Vec::new() }
+        Response {
+            status,
+            headers: Vec::new(),
+            body: Vec::new(),
+        }
     }
 
     /// A JSON body with `Content-Type: application/json`.
     pub fn json(status: u16, value: &serde_json::Value) -> Response {
-        Response::new(status).header("content-type", "application/json").body(value.to_string())
+        Response::new(status)
+            .header("content-type", "application/json")
+            .body(value.to_string())
     }
 
     /// A `text/plain` body.
     pub fn text(status: u16, text: &str) -> Response {
-        Response::new(status).header("content-type", "text/plain; charset=utf-8").body(text)
+        Response::new(status)
+            .header("content-type", "text/plain; charset=utf-8")
+            .body(text)
     }
 
     /// Adds a header (`connection: close` closes the connection after this response).
@@ -141,7 +157,11 @@ impl FakeServer {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
         let addr = listener.local_addr().unwrap();
         let handler: Arc<Handler> = Arc::new(handler);
-        let (requests, conns, stop) = (Arc::default(), Arc::<Mutex<Vec<TcpStream>>>::default(), Arc::new(AtomicBool::new(false)));
+        let (requests, conns, stop) = (
+            Arc::default(),
+            Arc::<Mutex<Vec<TcpStream>>>::default(),
+            Arc::new(AtomicBool::new(false)),
+        );
         let (log, open, stopping) = (Arc::clone(&requests), Arc::clone(&conns), Arc::clone(&stop));
         let acceptor = std::thread::spawn(move || {
             for stream in listener.incoming() {
@@ -156,7 +176,13 @@ impl FakeServer {
                 std::thread::spawn(move || serve(stream, &*handler, &log));
             }
         });
-        FakeServer { addr, requests, conns, stop, acceptor: Some(acceptor) }
+        FakeServer {
+            addr,
+            requests,
+            conns,
+            stop,
+            acceptor: Some(acceptor),
+        }
     }
 
     /// `http://127.0.0.1:PORT`, no trailing slash.
@@ -198,7 +224,11 @@ impl Drop for FakeServer {
 
 /// A loopback URL where nothing listens (a port bound, then released): for "unreachable" tests.
 pub fn unused_url() -> String {
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     format!("http://127.0.0.1:{port}")
 }
 
@@ -207,39 +237,74 @@ fn serve(stream: TcpStream, handler: &Handler, log: &Mutex<Vec<Request>>) -> io:
     let mut out = stream.try_clone()?;
     let mut r = BufReader::new(stream);
     loop {
-        let Some(line) = read_line(&mut r)? else { return Ok(()) };
+        let Some(line) = read_line(&mut r)? else {
+            return Ok(());
+        };
         if line.is_empty() {
             continue; // a stray CRLF between requests is allowed
         }
         let mut parts = line.split(' ');
-        let (method, path) = (parts.next().unwrap_or_default().to_owned(), parts.next().unwrap_or_default().to_owned());
+        let (method, path) = (
+            parts.next().unwrap_or_default().to_owned(),
+            parts.next().unwrap_or_default().to_owned(),
+        );
         let http10 = parts.next() == Some("HTTP/1.0");
-        let mut req = Request { method, path, headers: Vec::new(), body: Vec::new() };
+        let mut req = Request {
+            method,
+            path,
+            headers: Vec::new(),
+            body: Vec::new(),
+        };
         loop {
             match read_line(&mut r)? {
                 None => return Ok(()),
                 Some(h) if h.is_empty() => break,
                 Some(h) => match h.split_once(':') {
-                    Some((k, v)) => req.headers.push((k.trim().to_ascii_lowercase(), v.trim().to_owned())),
+                    Some((k, v)) => req
+                        .headers
+                        .push((k.trim().to_ascii_lowercase(), v.trim().to_owned())),
                     None => return Err(bad(&format!("header line {h:?}"))),
                 },
             }
         }
-        if req.header("expect").is_some_and(|v| v.eq_ignore_ascii_case("100-continue")) {
+        if req
+            .header("expect")
+            .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"))
+        {
             out.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?;
         }
-        if req.header("transfer-encoding").is_some_and(|v| v.to_ascii_lowercase().contains("chunked")) {
+        if req
+            .header("transfer-encoding")
+            .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"))
+        {
             req.body = read_chunked(&mut r)?;
         } else if let Some(n) = req.header("content-length") {
-            req.body = vec![0; n.parse().map_err(|_| bad(&format!("content-length {n:?}")))?];
+            req.body = vec![
+                0;
+                n.parse()
+                    .map_err(|_| bad(&format!("content-length {n:?}")))?
+            ];
             r.read_exact(&mut req.body)?;
         }
         log.lock().unwrap().push(req.clone());
-        let resp = catch_unwind(AssertUnwindSafe(|| handler(&req))).unwrap_or_else(|_| Response::text(500, "the fake's handler panicked"));
-        let said_close = |headers: &[(String, String)]| headers.iter().any(|(k, v)| k.eq_ignore_ascii_case("connection") && v.eq_ignore_ascii_case("close"));
-        let keep_alive = req.header("connection").is_some_and(|v| v.eq_ignore_ascii_case("keep-alive"));
-        let close = said_close(&req.headers) || said_close(&resp.headers) || (http10 && !keep_alive);
-        write_response(&mut out, &resp, req.method == "HEAD", close && !said_close(&resp.headers))?;
+        let resp = catch_unwind(AssertUnwindSafe(|| handler(&req)))
+            .unwrap_or_else(|_| Response::text(500, "the fake's handler panicked"));
+        let said_close = |headers: &[(String, String)]| {
+            headers.iter().any(|(k, v)| {
+                k.eq_ignore_ascii_case("connection") && v.eq_ignore_ascii_case("close")
+            })
+        };
+        let keep_alive = req
+            .header("connection")
+            .is_some_and(|v| v.eq_ignore_ascii_case("keep-alive"));
+        let close =
+            said_close(&req.headers) || said_close(&resp.headers) || (http10 && !keep_alive);
+        write_response(
+            &mut out,
+            &resp,
+            req.method == "HEAD",
+            close && !said_close(&resp.headers),
+        )?;
         if close {
             return out.shutdown(Shutdown::Both);
         }
@@ -247,7 +312,10 @@ fn serve(stream: TcpStream, handler: &Handler, log: &Mutex<Vec<Request>>) -> io:
 }
 
 fn bad(what: &str) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, format!("fake HTTP server: bad request: {what}"))
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("fake HTTP server: bad request: {what}"),
+    )
 }
 
 /// One line without its CRLF; `None` at end of stream.
@@ -275,17 +343,35 @@ fn read_chunked(r: &mut impl BufRead) -> io::Result<Vec<u8>> {
     }
 }
 
-fn write_response(out: &mut TcpStream, resp: &Response, head: bool, add_close: bool) -> io::Result<()> {
+fn write_response(
+    out: &mut TcpStream,
+    resp: &Response,
+    head: bool,
+    add_close: bool,
+) -> io::Result<()> {
     let reason = match resp.status {
-        200 => "OK", 201 => "Created", 202 => "Accepted", 204 => "No Content", 400 => "Bad Request", 401 => "Unauthorized",
-        403 => "Forbidden", 404 => "Not Found", 429 => "Too Many Requests", 500 => "Internal Server Error", 503 => "Service Unavailable",
+        200 => "OK",
+        201 => "Created",
+        202 => "Accepted",
+        204 => "No Content",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        429 => "Too Many Requests",
+        500 => "Internal Server Error",
+        503 => "Service Unavailable",
         _ => "Whatever",
     };
     let mut buf = format!("HTTP/1.1 {} {reason}\r\n", resp.status).into_bytes();
     for (k, v) in &resp.headers {
         buf.extend_from_slice(format!("{k}: {v}\r\n").as_bytes());
     }
-    if !resp.headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("content-length")) {
+    if !resp
+        .headers
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+    {
         buf.extend_from_slice(format!("content-length: {}\r\n", resp.body.len()).as_bytes());
     }
     if add_close {
@@ -306,19 +392,41 @@ mod tests {
     /// Keep-alive, both body framings and `Connection: close`, as raw bytes on one connection.
     #[test]
     fn one_connection_carries_several_requests_until_close() {
-        let server = FakeServer::start(|req| Response::text(201, &format!("{} {} {}", req.method, req.route(), req.text())));
+        let server = FakeServer::start(|req| {
+            Response::text(
+                201,
+                &format!("{} {} {}", req.method, req.route(), req.text()),
+            )
+        });
         let mut c = TcpStream::connect(server.url().trim_start_matches("http://")).unwrap();
         c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        c.write_all(b"POST /a?x=1%2B1&y=a+b HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello").unwrap();
+        c.write_all(b"POST /a?x=1%2B1&y=a+b HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello")
+            .unwrap();
         c.write_all(b"POST /b HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3;ext=1\r\nabc\r\n2\r\nde\r\n0\r\nX-T: 1\r\n\r\n").unwrap();
-        c.write_all(b"GET /c HTTP/1.1\r\nConnection: close\r\n\r\n").unwrap();
+        c.write_all(b"GET /c HTTP/1.1\r\nConnection: close\r\n\r\n")
+            .unwrap();
         let mut all = String::new();
         c.read_to_string(&mut all).unwrap(); // ends: the server closed after /c
         assert_eq!(all.matches("HTTP/1.1 201 Created").count(), 3, "{all}");
-        assert!(all.contains("POST /a hello") && all.contains("POST /b abcde") && all.ends_with("GET /c "), "{all}");
+        assert!(
+            all.contains("POST /a hello")
+                && all.contains("POST /b abcde")
+                && all.ends_with("GET /c "),
+            "{all}"
+        );
         let reqs = server.requests();
-        assert_eq!(reqs.iter().map(|r| r.path.as_str()).collect::<Vec<_>>(), ["/a?x=1%2B1&y=a+b", "/b", "/c"]);
-        assert_eq!((reqs[0].query("x").as_deref(), reqs[0].query("y").as_deref(), reqs[0].header("HOST")), (Some("1+1"), Some("a b"), Some("h")));
+        assert_eq!(
+            reqs.iter().map(|r| r.path.as_str()).collect::<Vec<_>>(),
+            ["/a?x=1%2B1&y=a+b", "/b", "/c"]
+        );
+        assert_eq!(
+            (
+                reqs[0].query("x").as_deref(),
+                reqs[0].query("y").as_deref(),
+                reqs[0].header("HOST")
+            ),
+            (Some("1+1"), Some("a b"), Some("h"))
+        );
         assert_eq!(reqs[1].body, b"abcde");
     }
 }

@@ -2,6 +2,7 @@
 
 #![allow(dead_code)]
 
+pub mod emulator;
 pub mod http;
 
 use std::path::{Path, PathBuf};
@@ -14,7 +15,11 @@ pub fn bin() -> Command {
 
 /// Runs schedwatch with `args`, stdin closed.
 pub fn run(args: &[&str]) -> Output {
-    bin().args(args).stdin(std::process::Stdio::null()).output().expect("schedwatch runs")
+    bin()
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("schedwatch runs")
 }
 
 /// The repository root.
@@ -47,7 +52,12 @@ pub fn projection(alerts: &[serde_json::Value]) -> Vec<(String, String, String, 
         .iter()
         .map(|a| {
             (
-                format!("{}/{}/{}", a["job"]["project"].as_str().unwrap(), a["job"]["location"].as_str().unwrap(), a["job"]["id"].as_str().unwrap()),
+                format!(
+                    "{}/{}/{}",
+                    a["job"]["project"].as_str().unwrap(),
+                    a["job"]["location"].as_str().unwrap(),
+                    a["job"]["id"].as_str().unwrap()
+                ),
                 a["event"].as_str().unwrap().to_owned(),
                 a["diagnosis"]["code"].as_str().unwrap().to_owned(),
                 a["failure"]["count"].as_u64().unwrap(),

@@ -1,0 +1,208 @@
+//! The embedded store: one redb file, durable at every commit (fsync), no server.
+//!
+//! Tables: `incidents` (job name → the open incident as JSON), `dedup` (key → sequence) with
+//! `dedup_order` (sequence → key) so the oldest keys can be dropped past the capacity, `outbox`
+//! (id → alert JSON), `sent` (id → when it was delivered, for the record, bounded), and `meta`
+//! (counters).
+
+use std::path::{Path, PathBuf};
+
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+
+use super::{Changes, OutboxRow, State, StoreError};
+use crate::incidents::Incident;
+use crate::JobKey;
+
+const INCIDENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("incidents");
+const DEDUP: TableDefinition<u128, u64> = TableDefinition::new("dedup");
+const DEDUP_ORDER: TableDefinition<u64, u128> = TableDefinition::new("dedup_order");
+const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox");
+const SENT: TableDefinition<u64, &[u8]> = TableDefinition::new("sent");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+/// How many delivered alerts the record keeps: enough to answer "was this sent?" for weeks.
+const SENT_KEPT: u64 = 10_000;
+
+/// The store's file name inside the state folder.
+pub const FILE_NAME: &str = "schedwatch.redb";
+
+/// A redb file.
+pub struct EmbeddedStore {
+    db: Database,
+    path: PathBuf,
+    dedup_capacity: u64,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StoredIncident {
+    job: JobKey,
+    incident: Incident,
+}
+
+impl EmbeddedStore {
+    /// Opens (or creates) `dir/schedwatch.redb`, keeping at most `dedup_capacity` dedup keys.
+    pub fn open(dir: &Path, dedup_capacity: usize) -> Result<EmbeddedStore, StoreError> {
+        let path = dir.join(FILE_NAME);
+        let err = |e: &dyn std::fmt::Display| StoreError::Db {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        };
+        std::fs::create_dir_all(dir).map_err(|e| err(&e))?;
+        let db = Database::create(&path).map_err(|e| err(&e))?;
+        let store = EmbeddedStore {
+            db,
+            path: path.clone(),
+            dedup_capacity: dedup_capacity.max(1) as u64,
+        };
+        // Create every table, so readers never meet a missing one.
+        let tx = store.db.begin_write().map_err(|e| err(&e))?;
+        {
+            tx.open_table(INCIDENTS).map_err(|e| err(&e))?;
+            tx.open_table(DEDUP).map_err(|e| err(&e))?;
+            tx.open_table(DEDUP_ORDER).map_err(|e| err(&e))?;
+            tx.open_table(OUTBOX).map_err(|e| err(&e))?;
+            tx.open_table(SENT).map_err(|e| err(&e))?;
+            tx.open_table(META).map_err(|e| err(&e))?;
+        }
+        tx.commit().map_err(|e| err(&e))?;
+        Ok(store)
+    }
+
+    /// The store's file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn err(&self, e: impl std::fmt::Display) -> StoreError {
+        StoreError::Db {
+            path: self.path.display().to_string(),
+            message: e.to_string(),
+        }
+    }
+
+    fn corrupt(&self, what: &'static str, e: impl std::fmt::Display) -> StoreError {
+        StoreError::Corrupt {
+            path: self.path.display().to_string(),
+            what,
+            message: e.to_string(),
+        }
+    }
+
+    /// Everything needed to carry on: open incidents, recent dedup keys, undelivered alerts.
+    pub fn load(&self) -> Result<State, StoreError> {
+        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let mut state = State::default();
+        let incidents = tx.open_table(INCIDENTS).map_err(|e| self.err(e))?;
+        for row in incidents.iter().map_err(|e| self.err(e))? {
+            let (_, v) = row.map_err(|e| self.err(e))?;
+            let s: StoredIncident =
+                serde_json::from_slice(v.value()).map_err(|e| self.corrupt("incident", e))?;
+            state.incidents.push((s.job, s.incident));
+        }
+        let order = tx.open_table(DEDUP_ORDER).map_err(|e| self.err(e))?;
+        for row in order.iter().map_err(|e| self.err(e))? {
+            let (_, key) = row.map_err(|e| self.err(e))?;
+            state.dedup_keys.push(key.value());
+        }
+        let outbox = tx.open_table(OUTBOX).map_err(|e| self.err(e))?;
+        for row in outbox.iter().map_err(|e| self.err(e))? {
+            let (id, v) = row.map_err(|e| self.err(e))?;
+            let alert = serde_json::from_slice(v.value()).map_err(|e| self.corrupt("alert", e))?;
+            state.outbox.push(OutboxRow {
+                id: id.value(),
+                alert,
+            });
+        }
+        Ok(state)
+    }
+
+    /// Commits one batch's changes in one durable transaction; returns the new outbox rows.
+    pub fn commit(&self, changes: Changes) -> Result<Vec<OutboxRow>, StoreError> {
+        let tx = self.db.begin_write().map_err(|e| self.err(e))?;
+        let mut rows = Vec::with_capacity(changes.alerts.len());
+        {
+            let mut meta = tx.open_table(META).map_err(|e| self.err(e))?;
+            let next = |name: &str, meta: &mut redb::Table<&str, u64>| -> Result<u64, StoreError> {
+                let n = meta
+                    .get(name)
+                    .map_err(|e| self.err(e))?
+                    .map_or(1, |v| v.value());
+                meta.insert(name, n + 1).map_err(|e| self.err(e))?;
+                Ok(n)
+            };
+
+            let mut incidents = tx.open_table(INCIDENTS).map_err(|e| self.err(e))?;
+            for (job, incident) in changes.incidents {
+                let name = job.name();
+                match incident {
+                    Some(incident) => {
+                        let bytes = serde_json::to_vec(&StoredIncident { job, incident })
+                            .map_err(|e| self.err(e))?;
+                        incidents
+                            .insert(name.as_str(), bytes.as_slice())
+                            .map_err(|e| self.err(e))?;
+                    }
+                    None => {
+                        incidents.remove(name.as_str()).map_err(|e| self.err(e))?;
+                    }
+                }
+            }
+
+            let mut dedup = tx.open_table(DEDUP).map_err(|e| self.err(e))?;
+            let mut order = tx.open_table(DEDUP_ORDER).map_err(|e| self.err(e))?;
+            for key in changes.dedup_keys {
+                if dedup.get(key).map_err(|e| self.err(e))?.is_some() {
+                    continue;
+                }
+                let seq = next("dedup_seq", &mut meta)?;
+                dedup.insert(key, seq).map_err(|e| self.err(e))?;
+                order.insert(seq, key).map_err(|e| self.err(e))?;
+            }
+            // Expire the oldest keys past the capacity.
+            let excess = order
+                .len()
+                .map_err(|e| self.err(e))?
+                .saturating_sub(self.dedup_capacity);
+            for _ in 0..excess {
+                let Some((_, key)) = order.pop_first().map_err(|e| self.err(e))? else {
+                    break;
+                };
+                let key = key.value();
+                dedup.remove(key).map_err(|e| self.err(e))?;
+            }
+
+            let mut outbox = tx.open_table(OUTBOX).map_err(|e| self.err(e))?;
+            for alert in changes.alerts {
+                let id = next("outbox_seq", &mut meta)?;
+                let bytes = serde_json::to_vec(&alert).map_err(|e| self.err(e))?;
+                outbox
+                    .insert(id, bytes.as_slice())
+                    .map_err(|e| self.err(e))?;
+                rows.push(OutboxRow { id, alert });
+            }
+
+            let mut sent = tx.open_table(SENT).map_err(|e| self.err(e))?;
+            let now = chrono::Utc::now().to_rfc3339();
+            for id in changes.sent {
+                if let Some(row) = outbox.remove(id).map_err(|e| self.err(e))? {
+                    let record = serde_json::json!({"sent_at": now, "alert": serde_json::from_slice::<serde_json::Value>(row.value()).unwrap_or_default()});
+                    drop(row);
+                    sent.insert(
+                        id,
+                        serde_json::to_vec(&record).unwrap_or_default().as_slice(),
+                    )
+                    .map_err(|e| self.err(e))?;
+                }
+            }
+            let excess = sent
+                .len()
+                .map_err(|e| self.err(e))?
+                .saturating_sub(SENT_KEPT);
+            for _ in 0..excess {
+                sent.pop_first().map_err(|e| self.err(e))?;
+            }
+        }
+        tx.commit().map_err(|e| self.err(e))?;
+        Ok(rows)
+    }
+}

@@ -1,0 +1,93 @@
+//! Store: the durable state of `run` — open incidents, recent dedup keys, the notification
+//! outbox and the record of what was sent.
+//!
+//! A message's effect (its dedup key, the incident state it changed, the alerts it caused) is
+//! committed in one transaction with the rest of its batch; only then are the messages acked.
+//! A crash before the commit loses nothing (the messages come back); a crash after it loses
+//! nothing either (the effect is on disk, and the redelivered message is a known duplicate).
+//!
+//! - [`embedded`]: a single file (redb), the default.
+
+pub mod embedded;
+
+use schedwatch_sinks::Alert;
+use serde::{Deserialize, Serialize};
+
+use crate::incidents::Incident;
+use crate::JobKey;
+
+pub use embedded::EmbeddedStore;
+
+/// What went wrong with the store. Every store error means "not committed": the messages are
+/// not acked, and come back.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database could not be opened, read or written.
+    #[error("state store {path}: {message}")]
+    Db {
+        /// The store's file.
+        path: String,
+        /// What failed.
+        message: String,
+    },
+    /// A stored value could not be read back (a newer schedwatch wrote it, or the file is damaged).
+    #[error("state store {path}: a stored {what} is unreadable: {message}")]
+    Corrupt {
+        /// The store's file.
+        path: String,
+        /// Which kind of record.
+        what: &'static str,
+        /// The parse error.
+        message: String,
+    },
+}
+
+impl StoreError {
+    /// Whether trying again later may succeed (a full disk, a lock held by a dying process).
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, StoreError::Db { .. })
+    }
+}
+
+/// The changes one batch of messages made, committed together.
+#[derive(Debug, Default)]
+pub struct Changes {
+    /// Incidents changed: the new state, or `None` when the incident ended.
+    pub incidents: Vec<(JobKey, Option<Incident>)>,
+    /// Dedup keys first seen in the batch.
+    pub dedup_keys: Vec<u128>,
+    /// Alerts the batch caused, for the outbox.
+    pub alerts: Vec<Alert>,
+    /// Outbox rows delivered since the last commit.
+    pub sent: Vec<u64>,
+}
+
+impl Changes {
+    /// Whether there is nothing to write.
+    pub fn is_empty(&self) -> bool {
+        self.incidents.is_empty()
+            && self.dedup_keys.is_empty()
+            && self.alerts.is_empty()
+            && self.sent.is_empty()
+    }
+}
+
+/// An outbox row: an alert waiting for delivery.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OutboxRow {
+    /// The row's id, increasing in commit order.
+    pub id: u64,
+    /// The alert.
+    pub alert: Alert,
+}
+
+/// What a store holds, read at start.
+#[derive(Debug, Default)]
+pub struct State {
+    /// Open incidents.
+    pub incidents: Vec<(JobKey, Incident)>,
+    /// Recent dedup keys, oldest first.
+    pub dedup_keys: Vec<u128>,
+    /// Alerts not yet delivered, in commit order.
+    pub outbox: Vec<OutboxRow>,
+}
