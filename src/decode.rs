@@ -270,18 +270,53 @@ struct RawHttp {
 
 /// `httpRequest.status` is a number; accept a numeric string too, ignore anything else.
 fn lenient_status<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u16>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Status<'a> {
-        N(u64),
-        S(&'a str),
-        Other(IgnoredAny),
+    // A visitor rather than an untagged enum, which would buffer the value first.
+    struct V;
+    impl<'de> serde::de::Visitor<'de> for V {
+        type Value = Option<u16>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("an HTTP status")
+        }
+        fn visit_u64<E>(self, n: u64) -> Result<Self::Value, E> {
+            Ok(u16::try_from(n).ok())
+        }
+        fn visit_i64<E>(self, n: i64) -> Result<Self::Value, E> {
+            Ok(u16::try_from(n).ok())
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_str<E>(self, s: &str) -> Result<Self::Value, E> {
+            Ok(s.trim().parse().ok())
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_none<E>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_some<D2: serde::Deserializer<'de>>(self, d: D2) -> Result<Self::Value, D2::Error> {
+            d.deserialize_any(V)
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> Result<Self::Value, A::Error> {
+            while seq.next_element::<IgnoredAny>()?.is_some() {}
+            Ok(None)
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut map: A,
+        ) -> Result<Self::Value, A::Error> {
+            while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+            Ok(None)
+        }
     }
-    Ok(match Status::deserialize(d)? {
-        Status::N(n) => u16::try_from(n).ok(),
-        Status::S(s) => s.trim().parse().ok(),
-        Status::Other(_) => None,
-    })
+    d.deserialize_any(V)
 }
 
 #[derive(Deserialize)]
@@ -316,7 +351,7 @@ impl Decoder {
         if !is_object(data) {
             return Err(classify(data));
         }
-        let item: RawItem = serde_json::from_slice(data).map_err(|_| classify(data))?;
+        let item: RawItem = parse_item(data).map_err(|_| classify(data))?;
         entry(item)
     }
 
@@ -330,7 +365,7 @@ impl Decoder {
         if !is_object(bytes) {
             return out.push(Err(classify(bytes)));
         }
-        let item: RawItem = match serde_json::from_slice(bytes) {
+        let item: RawItem = match parse_item(bytes) {
             Ok(item) => item,
             Err(_) => return out.push(Err(classify(bytes))),
         };
@@ -376,6 +411,17 @@ impl Decoder {
             Some(data) => self.decode_nested(&data, out, depth + 1),
             None => out.push(Err(SkipReason::BadPubsubMessage)),
         }
+    }
+}
+
+/// Parses the typed shape. serde_json checks each string it borrows from bytes for UTF-8, one
+/// call per string; checking the whole entry once (std's ASCII fast path) and parsing it as
+/// `str` is faster. Bytes that are not UTF-8 take the byte parser, which rejects them where
+/// they matter, as before.
+fn parse_item(bytes: &[u8]) -> Result<RawItem<'_>, serde_json::Error> {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => serde_json::from_str(text),
+        Err(_) => serde_json::from_slice(bytes),
     }
 }
 

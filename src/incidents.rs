@@ -4,6 +4,7 @@
 //! does I/O: every decision uses the entry's event time, so replay, tests and production take
 //! the same path, and the state serialises as it is into a store.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -69,8 +70,8 @@ pub struct Incident {
     pub notified_at: Option<DateTime<Utc>>,
     /// The failure that arrived last.
     pub last_failure: Failure,
-    /// The diagnosis of the failure that arrived last.
-    pub diagnosis: Diagnosis,
+    /// The diagnosis of the failure that arrived last (shared with the pipeline's memo).
+    pub diagnosis: Arc<Diagnosis>,
 }
 
 /// What an observation caused.
@@ -128,22 +129,27 @@ impl Incidents {
         &mut self,
         job: &JobKey,
         failure: Failure,
-        diagnosis: Diagnosis,
+        diagnosis: Arc<Diagnosis>,
         first_key: u128,
     ) -> (Transition, &Incident) {
         let rules = &self.rules;
         let at = failure.at;
         let confirmed = diagnosis.confirmed();
-        let incident = self.open.entry(job.clone()).or_insert_with(|| Incident {
-            id: incident_id(job, first_key),
-            count: 0,
-            first_at: at,
-            last_at: at,
-            fired: false,
-            notified_at: None,
-            last_failure: failure.clone(),
-            diagnosis: diagnosis.clone(),
-        });
+        // The job's key is copied only when an incident opens.
+        if !self.open.contains_key(job) {
+            let opened = Incident {
+                id: incident_id(job, first_key),
+                count: 0,
+                first_at: at,
+                last_at: at,
+                fired: false,
+                notified_at: None,
+                last_failure: failure.clone(),
+                diagnosis: diagnosis.clone(),
+            };
+            self.open.insert(job.clone(), opened);
+        }
+        let incident = self.open.get_mut(job).expect("inserted above");
         incident.count += 1;
         incident.first_at = incident.first_at.min(at);
         incident.last_at = incident.last_at.max(at);
@@ -218,8 +224,8 @@ mod tests {
         JobKey::new("p", "l", "j")
     }
 
-    fn diag(code: Code) -> Diagnosis {
-        Diagnosis::for_test(code)
+    fn diag(code: Code) -> Arc<Diagnosis> {
+        Arc::new(Diagnosis::for_test(code))
     }
 
     #[test]

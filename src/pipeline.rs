@@ -89,7 +89,7 @@ struct Explained {
     config: Option<Arc<JobConfig>>,
     outcome: Outcome,
     url: Option<String>,
-    diagnosis: Diagnosis,
+    diagnosis: Arc<Diagnosis>,
 }
 
 /// Changes not yet committed.
@@ -281,8 +281,10 @@ impl Pipeline {
             Some(e) => e.diagnosis.clone(),
             None => {
                 let diagnosis =
-                    self.diagnoser
-                        .diagnose(&a.job, &lookup, a.outcome, a.url.as_deref());
+                    Arc::new(
+                        self.diagnoser
+                            .diagnose(&a.job, &lookup, a.outcome, a.url.as_deref()),
+                    );
                 let e = Explained {
                     config: lookup.config.clone(),
                     outcome: a.outcome,

@@ -31,6 +31,33 @@ pub enum InventoryError {
     },
 }
 
+/// The jobs of one document, as JSON texts borrowed from it: a Job, an array of Jobs, or
+/// `{"jobs": [...]}`. Nothing but the document and these slices is held.
+fn job_texts(text: &str) -> Result<Vec<&serde_json::value::RawValue>, serde_json::Error> {
+    /// A list response, or a Job (it has a `name`); other fields are skipped unparsed.
+    #[derive(serde::Deserialize)]
+    struct Probe<'a> {
+        #[serde(borrow)]
+        jobs: Option<Vec<&'a serde_json::value::RawValue>>,
+        name: Option<serde::de::IgnoredAny>,
+    }
+    let doc: &serde_json::value::RawValue = serde_json::from_str(text)?;
+    match doc.get().as_bytes().first() {
+        Some(b'[') => serde_json::from_str(doc.get()),
+        Some(b'{') => {
+            let probe: Probe = serde_json::from_str(doc.get())?;
+            Ok(match (probe.jobs, probe.name) {
+                (Some(jobs), _) => jobs,
+                (None, Some(_)) => vec![doc],
+                // Neither a list nor a Job (e.g. an empty list response `{}`).
+                (None, None) => Vec::new(),
+            })
+        }
+        // A string or a number: "left out" with the Job parser's reason.
+        _ => Ok(vec![doc]),
+    }
+}
+
 /// Jobs by key.
 #[derive(Debug, Default, Clone)]
 pub struct Inventory {
@@ -63,14 +90,27 @@ impl Inventory {
                 path: file.clone(),
                 source,
             })?;
-            let doc: serde_json::Value =
-                serde_json::from_slice(&text).map_err(|source| InventoryError::Json {
-                    path: file.clone(),
-                    source,
-                })?;
-            inventory.add_document(doc, &file.display().to_string());
+            let json = |source| InventoryError::Json {
+                path: file.clone(),
+                source,
+            };
+            let text = std::str::from_utf8(&text).map_err(|e| json(serde::de::Error::custom(e)))?;
+            let jobs = job_texts(text).map_err(json)?;
+            for job in jobs {
+                inventory.add_json(job.get(), &file.display().to_string());
+            }
         }
         Ok(inventory)
+    }
+
+    /// Adds one Job from its JSON text; one that is not a Job is warned about and left out.
+    fn add_json(&mut self, text: &str, origin: &str) {
+        match JobConfig::from_json(text) {
+            Ok(job) => {
+                self.jobs.insert(job.key.clone(), Arc::new(job));
+            }
+            Err(e) => tracing::warn!(file = origin, "left out of the job inventory: {e}"),
+        }
     }
 
     /// Adds the jobs of one document: a Job, an array of Jobs, or `{"jobs": [...]}`.

@@ -164,7 +164,16 @@ fn nonempty(s: Option<String>) -> Option<String> {
 impl JobConfig {
     /// Reads one Job resource.
     pub fn from_value(value: serde_json::Value) -> Result<JobConfig, JobError> {
-        let raw: RawJob = serde_json::from_value(value)?;
+        JobConfig::from_raw(serde_json::from_value(value)?)
+    }
+
+    /// Reads one Job resource from its JSON text, without building a `Value` tree first (a
+    /// 10,000-job inventory would cost tens of MiB as `Value`s).
+    pub fn from_json(text: &str) -> Result<JobConfig, JobError> {
+        JobConfig::from_raw(serde_json::from_str(text)?)
+    }
+
+    fn from_raw(raw: RawJob) -> Result<JobConfig, JobError> {
         let key =
             JobKey::from_name(&raw.name).ok_or_else(|| JobError::BadName(raw.name.clone()))?;
         let target = if let Some(t) = raw.http_target {
