@@ -57,6 +57,9 @@ impl Default for StateConfig {
     }
 }
 
+/// How often progress is logged while messages flow.
+const PROGRESS_INTERVAL: Duration = Duration::from_secs(60);
+
 /// How often alerts a receiver refused are offered again.
 const RETRY_INTERVAL: Duration = Duration::from_secs(30);
 
@@ -127,6 +130,7 @@ pub fn run(
                     pending_sent: Vec::new(),
                     undelivered: Vec::new(),
                     last_retry: Instant::now(),
+                    last_progress: (Instant::now(), 0),
                     rebuild,
                 };
                 // Alerts a crash left undelivered go first.
@@ -181,6 +185,8 @@ struct Processor {
     /// Outbox rows a receiver refused: retried every `RETRY_INTERVAL`.
     undelivered: Vec<OutboxRow>,
     last_retry: Instant,
+    /// When progress was last logged, and the entry count then.
+    last_progress: (Instant, u64),
     rebuild: Box<dyn Fn() -> anyhow::Result<Pipeline> + Send>,
 }
 
@@ -229,6 +235,7 @@ impl Processor {
                 }
             }
             self.process(std::mem::take(&mut batch), emit);
+            self.log_progress();
         }
         // The pull tasks are gone: record the last deliveries.
         if !self.pending_sent.is_empty() {
@@ -236,6 +243,25 @@ impl Processor {
         }
         tracing::info!("{}", self.pipeline.stats.summary());
         Ok(())
+    }
+
+    /// Every `PROGRESS_INTERVAL` while messages flow: what was read and sent, and the rate.
+    fn log_progress(&mut self) {
+        let (at, entries_then) = self.last_progress;
+        let elapsed = at.elapsed();
+        if elapsed < PROGRESS_INTERVAL {
+            return;
+        }
+        let entries = self.pipeline.stats.entries;
+        let rate = (entries - entries_then) as f64 / elapsed.as_secs_f64();
+        tracing::info!(
+            rate = format_args!("{rate:.0}/s"),
+            open_incidents = self.pipeline.incidents().open_count(),
+            undelivered = self.undelivered.len(),
+            "progress: {}",
+            self.pipeline.stats.summary()
+        );
+        self.last_progress = (Instant::now(), entries);
     }
 
     fn process(&mut self, batch: Vec<Received>, emit: &mut Emit) {

@@ -206,3 +206,114 @@ impl EmbeddedStore {
         Ok(rows)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::correlate::{Correlator, Inventory};
+    use crate::diagnose::Diagnoser;
+    use crate::incidents::IncidentRules;
+    use crate::pipeline::Pipeline;
+
+    const SEED: &str = "../shared/examples/oidc-to-run-job-then-fixed";
+
+    fn pipeline() -> Pipeline {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let inventory = Inventory::load(&root.join(SEED).join("jobs")).unwrap();
+        let mut p = Pipeline::new(
+            IncidentRules::default(),
+            1000,
+            Correlator::new(Some(inventory), None),
+            Diagnoser::default(),
+        );
+        p.track_changes();
+        p
+    }
+
+    fn seed_lines() -> Vec<String> {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        std::fs::read_to_string(root.join(SEED).join("logs.ndjson"))
+            .unwrap()
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Feeds `lines` and commits their changes; returns the new outbox rows.
+    fn feed(p: &mut Pipeline, store: &EmbeddedStore, lines: &[String]) -> Vec<OutboxRow> {
+        let mut alerts = Vec::new();
+        for l in lines {
+            p.process_item(l.as_bytes(), &mut alerts);
+        }
+        store.commit(p.take_changes(alerts)).unwrap()
+    }
+
+    #[test]
+    fn a_reopened_store_carries_incidents_dedup_keys_and_the_outbox_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let lines = seed_lines();
+        let first_success = lines
+            .iter()
+            .position(|l| l.contains("URL_CRAWLED"))
+            .unwrap();
+        {
+            let store = EmbeddedStore::open(dir.path(), 1000).unwrap();
+            let mut p = pipeline();
+            let rows = feed(&mut p, &store, &lines[..first_success]);
+            assert_eq!(rows.len(), 1, "the firing alert goes to the outbox");
+            assert_eq!(rows[0].alert.event.as_str(), "firing");
+        }
+        // A new process: the incident is open, the keys known, the alert still undelivered.
+        let store = EmbeddedStore::open(dir.path(), 1000).unwrap();
+        let state = store.load().unwrap();
+        assert_eq!(state.incidents.len(), 1);
+        assert_eq!(state.incidents[0].0.job_id, "commit-worker");
+        assert_eq!(state.dedup_keys.len(), first_success);
+        assert_eq!(state.outbox.len(), 1);
+
+        let mut p = pipeline();
+        p.restore(&state);
+        p.track_changes();
+        // Redelivered entries change nothing; the success resolves the same incident.
+        let rows = feed(&mut p, &store, &lines);
+        assert_eq!(rows.len(), 1, "{rows:?}");
+        assert_eq!(rows[0].alert.event.as_str(), "resolved");
+        assert_eq!(rows[0].alert.incident_id, state.outbox[0].alert.incident_id);
+        assert_eq!(p.stats.duplicates as usize, first_success);
+
+        // Recording both deliveries empties the outbox; the ended incident is gone.
+        let sent = Changes {
+            sent: vec![state.outbox[0].id, rows[0].id],
+            ..Changes::default()
+        };
+        store.commit(sent).unwrap();
+        let state = store.load().unwrap();
+        assert!(state.outbox.is_empty());
+        assert!(state.incidents.is_empty());
+        assert_eq!(state.dedup_keys.len(), lines.len());
+    }
+
+    #[test]
+    fn dedup_keys_are_bounded_and_the_oldest_go_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path(), 3).unwrap();
+        for keys in [vec![1u128, 2], vec![3, 4], vec![4, 5]] {
+            store
+                .commit(Changes {
+                    dedup_keys: keys,
+                    ..Changes::default()
+                })
+                .unwrap();
+        }
+        assert_eq!(store.load().unwrap().dedup_keys, vec![3, 4, 5]);
+    }
+
+    #[test]
+    fn a_second_opener_of_the_same_file_is_refused_with_the_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let _owner = EmbeddedStore::open(dir.path(), 10).unwrap();
+        let err = EmbeddedStore::open(dir.path(), 10).err().expect("refused");
+        assert!(err.to_string().contains(FILE_NAME), "{err}");
+    }
+}
