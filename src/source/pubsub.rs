@@ -176,8 +176,9 @@ pub fn ack(handler: Handler, runtime: &tokio::runtime::Handle) {
     match handler {
         Handler::ExactlyOnce(h) => {
             runtime.spawn(async move {
-                if let Err(e) = h.confirmed_ack().await {
-                    tracing::warn!("exactly-once ack not confirmed ({e}); the message will come back and count as a duplicate");
+                match h.confirmed_ack().await {
+                    Ok(()) => tracing::trace!("exactly-once ack confirmed"),
+                    Err(e) => tracing::warn!("exactly-once ack not confirmed ({e}); the message will come back and count as a duplicate"),
                 }
             });
         }

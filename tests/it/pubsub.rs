@@ -747,3 +747,53 @@ fn event_of(a: &Value) -> (String, String) {
         a["event"].as_str().unwrap().to_owned(),
     )
 }
+
+#[test]
+fn an_exactly_once_subscription_gets_confirmed_acks() {
+    // Three 401s of a job the inventory lacks: one firing alert at the third, in any order.
+    let ex = common::shared().join("examples/forbidden-without-inventory");
+    let lines = lines_of(&ex.join("logs.ndjson"));
+    let emu = Emulator::start();
+    emu.create_topic(PROJECT, TOPIC);
+    emu.call_ok(
+        "PUT",
+        &format!("/v1/projects/{PROJECT}/subscriptions/{SUB}"),
+        Some(&serde_json::json!({"topic": format!("projects/{PROJECT}/topics/{TOPIC}"), "enableExactlyOnceDelivery": true})),
+    );
+    emu.publish_log_entries(PROJECT, TOPIC, &lines);
+    let dir = tempfile::tempdir().unwrap();
+    let mut service = Start {
+        emulator: &emu,
+        sub: SUB,
+        jobs: None,
+        state: &dir.path().join("state"),
+        config: None,
+        dir: dir.path(),
+        n: 0,
+    }
+    .spawn();
+    service.wait_for_log("received", lines.len(), Duration::from_secs(60));
+    service.wait_for("the firing alert", Duration::from_secs(30), |a| {
+        !a.is_empty()
+    });
+    // Past the ack deadline: a message whose ack was not confirmed would be back by now.
+    std::thread::sleep(Duration::from_secs(11));
+    let stderr = assert_clean_exit(service.terminate());
+    assert!(!stderr.contains("not confirmed"), "{}", tail(&stderr));
+    assert_eq!(
+        stderr.matches("exactly-once ack confirmed").count(),
+        lines.len(),
+        "every ack confirmed"
+    );
+    assert_eq!(
+        projection(&read_alerts(&dir.path().join("stdout.0.ndjson"))),
+        expected(&ex)
+    );
+    assert!(
+        stderr.contains(&format!("{} entries read", lines.len()))
+            && stderr.contains(" 0 duplicates"),
+        "{}",
+        tail(&stderr)
+    );
+    assert_eq!(emu.backlog(PROJECT, SUB), 0);
+}
