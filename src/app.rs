@@ -148,19 +148,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         Box::new(move || build_pipeline(&config, inventory.as_deref(), &runtime))
     };
     let mut stdout = NdjsonSink::new(io::stdout());
-    let emit: crate::service::Emit = Box::new(move |alert: &Alert| {
-        for format in &formats {
-            match format {
-                Format::Json => stdout.send(alert)?,
-                Format::Text => {
-                    let w = stdout.writer();
-                    writeln!(w, "{}", crate::notify::render_text(alert))?;
-                    w.flush()?;
-                }
-            }
-        }
-        Ok(())
-    });
+    let emit: crate::service::Emit =
+        Box::new(move |alert: &Alert| print_alert(&mut stdout, &formats, alert));
     let mut state = config.state.clone();
     state.dir = state_dir;
     crate::service::run(pipeline, store, source, state, emit, rebuild)?;
@@ -288,16 +277,7 @@ fn feed(files: &[PathBuf], pipeline: &mut Pipeline, formats: &[Format]) -> anyho
     let mut sink = NdjsonSink::new(stdout.lock());
     let mut emit = |alerts: &[Alert]| -> io::Result<()> {
         for alert in alerts {
-            for format in formats {
-                match format {
-                    Format::Json => sink.send(alert)?,
-                    Format::Text => {
-                        let w = sink.writer();
-                        writeln!(w, "{}", crate::notify::render_text(alert))?;
-                        w.flush()?;
-                    }
-                }
-            }
+            print_alert(&mut sink, formats, alert)?;
         }
         Ok(())
     };
@@ -362,4 +342,24 @@ impl Runtime {
             .handle()
             .clone()
     }
+}
+
+/// Prints one alert on the stdout receiver in each of `formats`: an NDJSON line, or the
+/// readable text view.
+fn print_alert<W: Write>(
+    sink: &mut NdjsonSink<W>,
+    formats: &[Format],
+    alert: &Alert,
+) -> io::Result<()> {
+    for format in formats {
+        match format {
+            Format::Json => sink.send(alert)?,
+            Format::Text => {
+                let w = sink.writer();
+                writeln!(w, "{}", crate::notify::render_text(alert))?;
+                w.flush()?;
+            }
+        }
+    }
+    Ok(())
 }

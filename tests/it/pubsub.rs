@@ -251,6 +251,11 @@ fn topic_and_ordered_subscription(emu: &Emulator, sub: &str) {
     emu.create_subscription(PROJECT, sub, TOPIC, 10, true);
 }
 
+fn topic_and_unordered_subscription(emu: &Emulator, sub: &str) {
+    emu.create_topic(PROJECT, TOPIC);
+    emu.create_subscription(PROJECT, sub, TOPIC, 10, false);
+}
+
 #[test]
 fn every_shared_example_published_to_the_subscription_gives_its_expected_alerts() {
     let emu = Emulator::start();
@@ -331,10 +336,15 @@ fn seed_case() -> (PathBuf, Vec<Vec<u8>>) {
 /// Is this entry a success (an AttemptFinished without a status)?
 fn is_success(line: &[u8]) -> bool {
     let v: Value = serde_json::from_slice(line).unwrap();
-    v["jsonPayload"]["@type"]
-        .as_str()
-        .is_some_and(|t| t.ends_with("AttemptFinished"))
-        && v["jsonPayload"]["status"].is_null()
+    payload_type(&v).ends_with("AttemptFinished") && v["jsonPayload"]["status"].is_null()
+}
+
+fn is_started(line: &[u8]) -> bool {
+    payload_type(&serde_json::from_slice(line).unwrap()).ends_with("AttemptStarted")
+}
+
+fn payload_type(entry: &Value) -> &str {
+    entry["jsonPayload"]["@type"].as_str().unwrap_or_default()
 }
 
 #[test]
@@ -415,13 +425,6 @@ fn a_restart_carries_incidents_on_no_second_firing_and_a_later_success_resolves(
     assert_eq!(r["failure"]["first_at"], fired[0]["failure"]["first_at"]);
 }
 
-fn is_started(line: &[u8]) -> bool {
-    let v: Value = serde_json::from_slice(line).unwrap();
-    v["jsonPayload"]["@type"]
-        .as_str()
-        .is_some_and(|t| t.ends_with("AttemptStarted"))
-}
-
 #[test]
 fn messages_not_acked_before_a_crash_are_processed_once_after_the_restart() {
     // Three 401s for a job the inventory lacks: it fires at the third failure, counting 3.
@@ -430,8 +433,7 @@ fn messages_not_acked_before_a_crash_are_processed_once_after_the_restart() {
     let emu = Emulator::start();
     // Unordered: an ordered subscription would hold each job's next message until the first
     // is acked, and this test needs every message received and none acked.
-    emu.create_topic(PROJECT, TOPIC);
-    emu.create_subscription(PROJECT, SUB, TOPIC, 10, false);
+    topic_and_unordered_subscription(&emu, SUB);
     emu.publish_log_entries(PROJECT, TOPIC, &lines);
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
@@ -651,8 +653,7 @@ fn kill_9_at_random_moments_loses_nothing_and_matches_a_clean_run() {
     assert_eq!(want.len(), 10_000);
 
     let emu = Emulator::start();
-    emu.create_topic(PROJECT, TOPIC);
-    emu.create_subscription(PROJECT, SUB, TOPIC, 10, false);
+    topic_and_unordered_subscription(&emu, SUB);
     emu.publish_log_entries(PROJECT, TOPIC, &lines);
     let state = dir.path().join("state");
     let start = |n| Start {
