@@ -4,12 +4,13 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use schedwatch_sinks::{Alert, NdjsonSink};
+use schedwatch_sinks::{Alert, NdjsonSink, Sink};
 
-use crate::cli::{AuditArgs, CheckConfigArgs, ReplayArgs, RunArgs};
+use crate::cli::{AuditArgs, CheckConfigArgs, ReplayArgs, RunArgs, SendTestArgs};
 use crate::config::{Config, Format, Loaded};
 use crate::correlate::{AuthSource, Correlator, Inventory, SchedulerApi, SchedulerApiConfig};
 use crate::diagnose::Diagnoser;
+use crate::notify::deliver::StdoutReceiver;
 use crate::pipeline::Pipeline;
 use crate::source::file::{self, FileError};
 
@@ -81,7 +82,14 @@ pub fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         })
     });
     let mut pipeline = build_pipeline(&config, inventory.as_deref(), &runtime)?;
-    feed(&files, &mut pipeline, &formats)?;
+    feed(
+        &files,
+        &mut pipeline,
+        &formats,
+        &[],
+        &mut crate::notify::route::Router::new(Vec::new(), Vec::new()),
+        &runtime,
+    )?;
     eprintln!("schedwatch replay: {}", pipeline.stats.summary());
     Ok(ExitCode::SUCCESS)
 }
@@ -115,7 +123,15 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         .or_else(|| config.jobs.inventory.as_ref().map(|p| resolve(p.get_ref())));
     let mut formats = receiver_formats(&config);
     formats.extend(args.format);
-    if formats.is_empty() {
+    // Every receiver, its secrets read now: a missing one is a config error (exit 2).
+    let mut receivers = crate::notify::deliver::receivers(&config.receivers).map_err(usage)?;
+    if let Some(format) = args.format {
+        receivers.push(std::sync::Arc::new(StdoutReceiver::new(
+            "--format",
+            vec![format],
+        )));
+    }
+    if receivers.is_empty() {
         tracing::warn!(
             "no receivers configured: alerts are only counted; add [[receivers]] or --format json"
         );
@@ -125,7 +141,27 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     if let Some(path) = config.source.path.as_ref().map(|p| resolve(p.get_ref())) {
         let mut pipeline = build_pipeline(&config, inventory.as_deref(), &runtime)?;
         tracing::info!(source = %path.display(), "reading the file source");
-        feed(&[path], &mut pipeline, &formats)?;
+        // Stdout receivers print as entries are read; the others get each alert before the
+        // next entry (with retries).
+        let others: Vec<_> = config
+            .receivers
+            .iter()
+            .zip(&receivers)
+            .filter(|(r, _)| r.stdout.is_none())
+            .map(|(_, sink)| sink.clone())
+            .collect();
+        let mut router = crate::notify::route::Router::new(
+            others.iter().map(|s| s.name().to_owned()).collect(),
+            config.routes.clone(),
+        );
+        feed(
+            &[path],
+            &mut pipeline,
+            &formats,
+            &others,
+            &mut router,
+            &runtime,
+        )?;
         eprintln!(
             "schedwatch run: {}; {} incidents still open",
             pipeline.stats.summary(),
@@ -147,13 +183,82 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         let (config, inventory, runtime) = (config.clone(), inventory.clone(), runtime.clone());
         Box::new(move || build_pipeline(&config, inventory.as_deref(), &runtime))
     };
-    let mut stdout = NdjsonSink::new(io::stdout());
-    let emit: crate::service::Emit =
-        Box::new(move |alert: &Alert| print_alert(&mut stdout, &formats, alert));
     let mut state = config.state.clone();
     state.dir = state_dir;
-    crate::service::run(pipeline, store, source, state, emit, rebuild)?;
+    crate::service::run(
+        pipeline,
+        store,
+        source,
+        state,
+        receivers,
+        config.routes.clone(),
+        rebuild,
+    )?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `schedwatch send-test`: one sample alert to one receiver, one attempt; exit 0 when it was
+/// delivered, 1 with the receiver's answer when not, 2 when the receiver is not configured.
+pub fn send_test(args: SendTestArgs) -> anyhow::Result<ExitCode> {
+    let loaded = Loaded::from_file(&args.config).map_err(usage)?;
+    let Some(r) = loaded
+        .config
+        .receivers
+        .iter()
+        .find(|r| r.name == args.receiver)
+    else {
+        let names: Vec<&str> = loaded
+            .config
+            .receivers
+            .iter()
+            .map(|r| r.name.as_str())
+            .collect();
+        return Err(usage(format!(
+            "no receiver named {:?} in {} (receivers: {})",
+            args.receiver,
+            args.config.display(),
+            names.join(", ")
+        )));
+    };
+    let sink = crate::notify::deliver::receiver(r).map_err(usage)?;
+    let alert = sample_alert(&loaded.config)?;
+    let runtime = Runtime::new();
+    match runtime.handle().block_on(sink.send(&alert)) {
+        Ok(()) => {
+            eprintln!(
+                "schedwatch send-test: a sample {} alert for {} was delivered to {:?}",
+                alert.event.as_str(),
+                alert.job.name,
+                r.name
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!(
+                "schedwatch send-test: receiver {:?} did not take the sample alert: {e}",
+                r.name
+            );
+            Ok(ExitCode::from(1))
+        }
+    }
+}
+
+/// The sample: the seed case (an OIDC token sent to the Cloud Run Admin API) through the real
+/// pipeline, so the alert is exactly what the receiver will get in production.
+fn sample_alert(config: &Config) -> anyhow::Result<Alert> {
+    const JOB: &str = r#"{"name": "projects/acme-data-prod/locations/us-east1/jobs/commit-worker", "schedule": "*/5 * * * *", "timeZone": "Etc/UTC", "httpTarget": {"uri": "https://us-east1-run.googleapis.com/apis/run.googleapis.com/v1/namespaces/acme-data-prod/jobs/commit-worker:run", "httpMethod": "POST", "oidcToken": {"serviceAccountEmail": "543333616568-compute@developer.gserviceaccount.com", "audience": "https://us-east1-run.googleapis.com/apis/run.googleapis.com/v1/namespaces/acme-data-prod/jobs/commit-worker:run"}}}"#;
+    const ENTRY: &str = r#"{"insertId":"sendtest000001","logName":"projects/acme-data-prod/logs/cloudscheduler.googleapis.com%2Fexecutions","resource":{"type":"cloud_scheduler_job","labels":{"job_id":"commit-worker","location":"us-east1","project_id":"acme-data-prod"}},"timestamp":"2026-11-20T09:00:01.464000Z","jsonPayload":{"@type":"type.googleapis.com/google.cloud.scheduler.logging.AttemptFinished","debugInfo":"URL_ERROR-ERROR_AUTHENTICATION. Original HTTP response code number = 401","jobName":"projects/acme-data-prod/locations/us-east1/jobs/commit-worker","targetType":"HTTP","url":"https://us-east1-run.googleapis.com/apis/run.googleapis.com/v1/namespaces/acme-data-prod/jobs/commit-worker:run","status":"UNAUTHENTICATED"},"httpRequest":{"status":401},"severity":"ERROR"}"#;
+    let mut inventory = Inventory::default();
+    inventory.add_document(serde_json::from_str(JOB)?, "the send-test sample");
+    let mut pipeline = Pipeline::new(
+        config.incidents.clone(),
+        16,
+        Correlator::new(Some(inventory), None),
+        Diagnoser::new(&config.runbook.base_url),
+    );
+    let mut alerts = Vec::new();
+    pipeline.process_item(ENTRY.as_bytes(), &mut alerts);
+    alerts.pop().ok_or_else(|| anyhow::anyhow!("the sample entry made no alert with these [incidents] rules (min_failures, fire_on_confirmed)"))
 }
 
 /// `schedwatch audit`: rules 2–5 on every job; exit 1 when any job has a finding.
@@ -272,12 +377,33 @@ fn receiver_formats(config: &Config) -> Vec<Format> {
 }
 
 /// Feeds files through the pipeline, printing alerts as they are made.
-fn feed(files: &[PathBuf], pipeline: &mut Pipeline, formats: &[Format]) -> anyhow::Result<()> {
+fn feed(
+    files: &[PathBuf],
+    pipeline: &mut Pipeline,
+    formats: &[Format],
+    others: &[std::sync::Arc<dyn Sink>],
+    router: &mut crate::notify::route::Router,
+    runtime: &Runtime,
+) -> anyhow::Result<()> {
     let stdout = io::stdout();
     let mut sink = NdjsonSink::new(stdout.lock());
     let mut emit = |alerts: &[Alert]| -> io::Result<()> {
         for alert in alerts {
-            print_alert(&mut sink, formats, alert)?;
+            crate::notify::deliver::print_alert(&mut sink, formats, alert)?;
+            let chosen = if others.is_empty() {
+                Vec::new()
+            } else {
+                router.route(alert)
+            };
+            for other in others
+                .iter()
+                .filter(|o| chosen.iter().any(|c| c == o.name()))
+            {
+                // Failed for good is logged by deliver_one; the run goes on.
+                let _ = runtime
+                    .handle()
+                    .block_on(crate::notify::deliver::deliver_one(other.as_ref(), alert));
+            }
         }
         Ok(())
     };
@@ -342,24 +468,4 @@ impl Runtime {
             .handle()
             .clone()
     }
-}
-
-/// Prints one alert on the stdout receiver in each of `formats`: an NDJSON line, or the
-/// readable text view.
-fn print_alert<W: Write>(
-    sink: &mut NdjsonSink<W>,
-    formats: &[Format],
-    alert: &Alert,
-) -> io::Result<()> {
-    for format in formats {
-        match format {
-            Format::Json => sink.send(alert)?,
-            Format::Text => {
-                let w = sink.writer();
-                writeln!(w, "{}", crate::notify::render_text(alert))?;
-                w.flush()?;
-            }
-        }
-    }
-    Ok(())
 }

@@ -32,6 +32,8 @@ pub enum Command {
     Audit(AuditArgs),
     /// Validates a config file and says what is wrong, with the line.
     CheckConfig(CheckConfigArgs),
+    /// Sends a sample alert (the commit-worker case) to one receiver, to check its wiring.
+    SendTest(SendTestArgs),
 }
 
 /// `schedwatch run`.
@@ -98,4 +100,15 @@ pub struct AuditArgs {
 pub struct CheckConfigArgs {
     /// The config file.
     pub file: PathBuf,
+}
+
+/// `schedwatch send-test`.
+#[derive(Debug, Args)]
+pub struct SendTestArgs {
+    /// The config file naming the receiver.
+    #[arg(long, short)]
+    pub config: PathBuf,
+    /// The receiver's `name`.
+    #[arg(long)]
+    pub receiver: String,
 }

@@ -34,6 +34,8 @@ pub struct Config {
     pub runbook: RunbookConfig,
     /// Where alerts go.
     pub receivers: Vec<ReceiverConfig>,
+    /// Which receivers get which alerts; none: every receiver gets every alert.
+    pub routes: Vec<crate::notify::route::RouteConfig>,
     /// The durable state of `run` on a subscription.
     pub state: StateConfig,
 }
@@ -145,6 +147,30 @@ pub struct ReceiverConfig {
     pub name: String,
     /// Print alerts on stdout.
     pub stdout: Option<StdoutConfig>,
+    /// A Slack incoming webhook.
+    pub slack: Option<schedwatch_sinks::slack::SlackConfig>,
+    /// An HTTP POST of the alert JSON.
+    pub webhook: Option<schedwatch_sinks::webhook::WebhookConfig>,
+    /// PagerDuty Events API v2.
+    pub pagerduty: Option<schedwatch_sinks::pagerduty::PagerDutyConfig>,
+    /// Email over SMTP.
+    pub email: Option<schedwatch_sinks::email::EmailConfig>,
+}
+
+impl ReceiverConfig {
+    /// How many kinds the receiver names (exactly one is valid).
+    pub fn kinds(&self) -> usize {
+        [
+            self.stdout.is_some(),
+            self.slack.is_some(),
+            self.webhook.is_some(),
+            self.pagerduty.is_some(),
+            self.email.is_some(),
+        ]
+        .iter()
+        .filter(|k| **k)
+        .count()
+    }
 }
 
 /// A stdout receiver.
@@ -298,6 +324,24 @@ impl Loaded {
                 "dedup.capacity must be at least 1".into(),
             ));
         }
+        let known: std::collections::HashSet<&str> =
+            c.receivers.iter().map(|r| r.name.as_str()).collect();
+        for route in &c.routes {
+            if let Some(unknown) = route.receivers.iter().find(|r| !known.contains(r.as_str())) {
+                return Err(self.error_at(
+                    self.find(&format!("\"{unknown}\"")),
+                    format!(
+                        "a route names receiver {unknown:?}, which no [[receivers]] entry defines"
+                    ),
+                ));
+            }
+            if route.receivers.is_empty() {
+                return Err(self.error_at(
+                    self.find("[[routes]]"),
+                    "a route needs `receivers = [...]`".into(),
+                ));
+            }
+        }
         let mut names = std::collections::HashSet::new();
         for r in &c.receivers {
             if !names.insert(r.name.as_str()) {
@@ -306,14 +350,26 @@ impl Loaded {
                     format!("two receivers are named {:?}; names must be unique", r.name),
                 ));
             }
-            if r.stdout.is_none() {
-                return Err(self.error_at(
-                    self.find(&format!("\"{}\"", r.name)),
-                    format!(
-                        "receiver {:?} has no destination: add `stdout = {{ format = \"text\" }}`",
-                        r.name
-                    ),
-                ));
+            match r.kinds() {
+                1 => {}
+                0 => {
+                    return Err(self.error_at(
+                        self.find(&format!("\"{}\"", r.name)),
+                        format!(
+                            "receiver {:?} has no destination: add one of stdout, slack, webhook, pagerduty or email (e.g. `stdout = {{ format = \"text\" }}`)",
+                            r.name
+                        ),
+                    ))
+                }
+                _ => {
+                    return Err(self.error_at(
+                        self.find(&format!("\"{}\"", r.name)),
+                        format!(
+                            "receiver {:?} names more than one destination: make one receiver each",
+                            r.name
+                        ),
+                    ))
+                }
             }
         }
         Ok(())

@@ -30,6 +30,7 @@ fn main() -> ExitCode {
         Command::Replay(args) => app::replay(args),
         Command::Audit(args) => app::audit(args),
         Command::CheckConfig(args) => app::check_config(args),
+        Command::SendTest(args) => app::send_test(args),
     };
     match result {
         Ok(code) => code,

@@ -6,6 +6,8 @@
 //!  (source::pubsub, one per stream)    (batches of N msgs     (one fsync      (only now)
 //!                                       or T ms)               a batch)          │
 //!                                                                              outbox ──► receivers
+//!                                                                   (notify::deliver: a queue
+//!                                                                    per receiver, retries)
 //! ```
 //!
 //! The processor is one thread: the pipeline is synchronous CPU work, and a single writer keeps
@@ -17,14 +19,19 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use schedwatch_sinks::Alert;
+use std::sync::Arc;
+
+use rustc_hash::FxHashMap;
+use schedwatch_sinks::{Alert, Sink};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::notify::deliver::{Dispatcher, Report};
+use crate::notify::route::RouteConfig;
 use crate::pipeline::Pipeline;
 use crate::source::pubsub::{self, PubsubConfig, Received};
-use crate::store::{Changes, EmbeddedStore, OutboxRow, StoreError};
+use crate::store::{Changes, EmbeddedStore, OutboxRow, Sent, StoreError};
 
 /// `[state]` in the config file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -60,19 +67,14 @@ impl Default for StateConfig {
 /// How often progress is logged while messages flow.
 const PROGRESS_INTERVAL: Duration = Duration::from_secs(60);
 
-/// How often alerts a receiver refused are offered again.
-const RETRY_INTERVAL: Duration = Duration::from_secs(30);
-
-/// Where delivered alerts go (stdout for now).
-pub type Emit = Box<dyn FnMut(&Alert) -> std::io::Result<()> + Send>;
-
 /// Runs until a signal: pulls, processes, commits, acks, delivers.
 pub fn run(
     mut pipeline: Pipeline,
     store: EmbeddedStore,
     source: PubsubConfig,
     state: StateConfig,
-    mut emit: Emit,
+    receivers: Vec<Arc<dyn Sink>>,
+    routes: Vec<RouteConfig>,
     rebuild: Box<dyn Fn() -> anyhow::Result<Pipeline> + Send>,
 ) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -122,21 +124,23 @@ pub fn run(
             move || {
                 // Timers (batch deadlines) need the runtime's context on this thread too.
                 let _context = handle.enter();
+                let (reports_tx, reports) = mpsc::unbounded_channel();
+                let dispatcher = Dispatcher::start(receivers, routes, &handle, reports_tx);
                 let mut p = Processor {
                     pipeline,
                     store,
                     state,
                     handle,
-                    pending_sent: Vec::new(),
-                    undelivered: Vec::new(),
-                    last_retry: Instant::now(),
+                    dispatcher,
+                    reports,
+                    pending: FxHashMap::default(),
+                    done: Vec::new(),
                     last_progress: (Instant::now(), 0),
                     rebuild,
                 };
                 // Alerts a crash left undelivered go first.
-                let mut outbox = stored.outbox;
-                p.deliver(&mut outbox, &mut emit);
-                p.run(rx, &mut emit)
+                p.deliver(stored.outbox);
+                p.run(rx)
             }
         })?;
 
@@ -180,43 +184,49 @@ struct Processor {
     store: EmbeddedStore,
     state: StateConfig,
     handle: tokio::runtime::Handle,
-    /// Outbox rows delivered and not yet recorded as sent: recorded with the next commit.
-    pending_sent: Vec<u64>,
-    /// Outbox rows a receiver refused: retried every `RETRY_INTERVAL`.
-    undelivered: Vec<OutboxRow>,
-    last_retry: Instant,
+    dispatcher: Dispatcher,
+    /// What the receivers' queues say they are done with.
+    reports: mpsc::UnboundedReceiver<Report>,
+    /// Outbox rows handed to the receivers: how many are not done yet, and who refused.
+    pending: FxHashMap<u64, (usize, Vec<(String, String)>)>,
+    /// Rows every receiver is done with, recorded with the next commit.
+    done: Vec<Sent>,
     /// When progress was last logged, and the entry count then.
     last_progress: (Instant, u64),
     rebuild: Box<dyn Fn() -> anyhow::Result<Pipeline> + Send>,
 }
 
+/// What the processor waited for.
+enum Woken {
+    Message(Option<Received>),
+    Report(Report),
+    Idle,
+}
+
 impl Processor {
-    fn run(&mut self, mut rx: mpsc::Receiver<Received>, emit: &mut Emit) -> anyhow::Result<()> {
+    fn run(&mut self, mut rx: mpsc::Receiver<Received>) -> anyhow::Result<()> {
         let mut batch: Vec<Received> = Vec::with_capacity(self.state.commit_max_messages);
         loop {
-            if !self.undelivered.is_empty() && self.last_retry.elapsed() >= RETRY_INTERVAL {
-                self.last_retry = Instant::now();
-                let mut rows = std::mem::take(&mut self.undelivered);
-                tracing::info!(alerts = rows.len(), "retrying undelivered alerts");
-                self.deliver(&mut rows, emit);
-            }
-            // Wait for a first message; while idle, record deliveries and retry refused ones.
-            let idle_wait = if !self.pending_sent.is_empty() {
-                Some(self.state.commit_interval)
-            } else if !self.undelivered.is_empty() {
-                Some(RETRY_INTERVAL.saturating_sub(self.last_retry.elapsed()))
-            } else {
-                None
-            };
-            let first = match idle_wait {
-                None => self.handle.block_on(rx.recv()),
-                Some(wait) => match self.handle.block_on(tokio::time::timeout(wait, rx.recv())) {
-                    Ok(m) => m,
-                    Err(_) => {
-                        self.commit(Vec::new(), emit);
-                        continue;
-                    }
-                },
+            // Wait for a first message; meanwhile take the receivers' reports, and record
+            // them once nothing else comes for a commit interval.
+            let idle = (!self.done.is_empty()).then_some(self.state.commit_interval);
+            let woken = self.handle.block_on(async {
+                tokio::select! {
+                    m = rx.recv() => Woken::Message(m),
+                    Some(r) = self.reports.recv() => Woken::Report(r),
+                    _ = sleep_or_never(idle) => Woken::Idle,
+                }
+            });
+            let first = match woken {
+                Woken::Message(m) => m,
+                Woken::Report(r) => {
+                    self.report(r);
+                    continue;
+                }
+                Woken::Idle => {
+                    self.commit(Vec::new());
+                    continue;
+                }
             };
             let Some(first) = first else { break };
             batch.push(first);
@@ -234,13 +244,25 @@ impl Processor {
                     },
                 }
             }
-            self.process(std::mem::take(&mut batch), emit);
+            self.process(std::mem::take(&mut batch));
             self.log_progress();
         }
-        // The pull tasks are gone: record the last deliveries.
-        if !self.pending_sent.is_empty() {
-            self.commit(Vec::new(), emit);
+        // The pull tasks are gone: let deliveries in flight finish (half the shutdown
+        // deadline at most; what is left is delivered again at the next start), record them.
+        let until = tokio::time::Instant::now() + self.state.shutdown_timeout / 2;
+        while !self.pending.is_empty() {
+            match self
+                .handle
+                .block_on(tokio::time::timeout_at(until, self.reports.recv()))
+            {
+                Ok(Some(r)) => self.report(r),
+                Ok(None) | Err(_) => break,
+            }
         }
+        if !self.pending.is_empty() {
+            tracing::warn!(alerts = self.pending.len(), "alerts still being delivered at shutdown stay in the outbox: they are delivered at the next start");
+        }
+        self.commit(Vec::new());
         tracing::info!("{}", self.pipeline.stats.summary());
         Ok(())
     }
@@ -257,14 +279,14 @@ impl Processor {
         tracing::info!(
             rate = format_args!("{rate:.0}/s"),
             open_incidents = self.pipeline.incidents().open_count(),
-            undelivered = self.undelivered.len(),
+            alerts_in_delivery = self.pending.len(),
             "progress: {}",
             self.pipeline.stats.summary()
         );
         self.last_progress = (Instant::now(), entries);
     }
 
-    fn process(&mut self, batch: Vec<Received>, emit: &mut Emit) {
+    fn process(&mut self, batch: Vec<Received>) {
         let mut alerts = Vec::new();
         for m in &batch {
             self.pipeline.process_item(&m.data, &mut alerts);
@@ -274,11 +296,7 @@ impl Processor {
             alerts = alerts.len(),
             "batch processed"
         );
-        self.commit_and_ack(batch, alerts, emit);
-    }
-
-    fn commit_and_ack(&mut self, batch: Vec<Received>, alerts: Vec<Alert>, emit: &mut Emit) {
-        if self.commit(alerts, emit) {
+        if self.commit(alerts) {
             for m in batch {
                 pubsub::ack(m.handler, &self.handle);
             }
@@ -293,22 +311,22 @@ impl Processor {
     }
 
     /// Commits the pipeline's changes with `alerts` and the deliveries recorded so far, then
-    /// delivers the new outbox rows. False when the commit failed.
-    fn commit(&mut self, alerts: Vec<Alert>, emit: &mut Emit) -> bool {
+    /// hands the new outbox rows to the receivers. False when the commit failed.
+    fn commit(&mut self, alerts: Vec<Alert>) -> bool {
         let mut changes: Changes = self.pipeline.take_changes(alerts);
-        changes.sent = std::mem::take(&mut self.pending_sent);
-        let sent = changes.sent.clone();
+        changes.sent = std::mem::take(&mut self.done);
+        let done = changes.sent.clone();
         if changes.is_empty() {
             return true;
         }
         match self.store.commit(changes) {
-            Ok(mut rows) => {
-                self.deliver(&mut rows, emit);
+            Ok(rows) => {
+                self.deliver(rows);
                 true
             }
             Err(e) => {
                 tracing::error!("state store commit failed: {e}");
-                self.pending_sent = sent;
+                self.done = done;
                 self.recover(e);
                 false
             }
@@ -347,17 +365,43 @@ impl Processor {
         }
     }
 
-    /// Hands outbox rows to the receivers; a delivered row is recorded as sent with the next
-    /// commit (a crash in between delivers it again: at least once, never lost).
-    fn deliver(&mut self, rows: &mut Vec<OutboxRow>, emit: &mut Emit) {
-        for row in rows.drain(..) {
-            match emit(&row.alert) {
-                Ok(()) => self.pending_sent.push(row.id),
-                Err(e) => {
-                    tracing::error!(incident_id = %row.alert.incident_id, "alert not delivered: {e}; it stays in the outbox and is retried in {RETRY_INTERVAL:?}");
-                    self.undelivered.push(row);
+    /// Hands committed outbox rows to the queues of the receivers their routes choose.
+    fn deliver(&mut self, rows: Vec<OutboxRow>) {
+        for row in rows {
+            // A row already in flight (reloaded after a failed commit) is not sent twice.
+            if self.pending.contains_key(&row.id) {
+                continue;
+            }
+            let id = row.id;
+            match self.dispatcher.dispatch(row) {
+                0 => self.done.push(Sent::delivered(id)),
+                queued => {
+                    self.pending.insert(id, (queued, Vec::new()));
                 }
             }
         }
+    }
+
+    /// A receiver is done with a row; when all are, it is recorded with the next commit.
+    fn report(&mut self, r: Report) {
+        let Some((left, failed)) = self.pending.get_mut(&r.id) else {
+            return;
+        };
+        *left -= 1;
+        if let Some(reason) = r.failed {
+            failed.push((r.receiver, reason));
+        }
+        if *left == 0 {
+            let (_, failed) = self.pending.remove(&r.id).expect("present");
+            self.done.push(Sent { id: r.id, failed });
+        }
+    }
+}
+
+/// Sleeps `d`, or forever when `None` (a `select!` branch that never fires).
+async fn sleep_or_never(d: Option<Duration>) {
+    match d {
+        Some(d) => tokio::time::sleep(d).await,
+        None => std::future::pending().await,
     }
 }

@@ -6,12 +6,24 @@
 //!
 //! - [`alert`]: [`Alert`], the `schedwatch.alert.v1` event, and its parts.
 //! - [`stdout`]: the NDJSON sink (`--format json`), one event per line.
+//! - [`delivery`]: the [`Sink`] interface and what a delivery attempt ends in.
+//! - [`secret`]: secrets from env or files, never printed.
+//! - [`slack`], [`webhook`], [`pagerduty`]: the HTTP sinks.
+//! - [`email`]: SMTP through lettre.
 #![deny(missing_docs)]
 
 pub mod alert;
+pub mod delivery;
+pub mod email;
+pub mod pagerduty;
+pub mod secret;
+pub mod slack;
 pub mod stdout;
+pub mod webhook;
 
 pub use alert::{
     Alert, AlertAuth, AlertDiagnosis, AlertFailure, AlertFix, AlertJob, AlertTarget, EventKind,
 };
+pub use delivery::{DeliveryError, Sink};
+pub use secret::{Secret, SecretRef};
 pub use stdout::NdjsonSink;

@@ -2,7 +2,8 @@
 //!
 //! Tables: `incidents` (job name → the open incident as JSON), `dedup` (key → sequence) with
 //! `dedup_order` (sequence → key) so the oldest keys can be dropped past the capacity, `outbox`
-//! (id → alert JSON), `sent` (id → when it was delivered, for the record, bounded), and `meta`
+//! (id → alert JSON), `sent` (id → when every receiver was done with it and which refused it
+//! for good, for the record, bounded), and `meta`
 //! (counters).
 
 use std::path::{Path, PathBuf};
@@ -183,9 +184,11 @@ impl EmbeddedStore {
 
             let mut sent = tx.open_table(SENT).map_err(|e| self.err(e))?;
             let now = chrono::Utc::now().to_rfc3339();
-            for id in changes.sent {
+            for done in changes.sent {
+                let id = done.id;
                 if let Some(row) = outbox.remove(id).map_err(|e| self.err(e))? {
-                    let record = serde_json::json!({"sent_at": now, "alert": serde_json::from_slice::<serde_json::Value>(row.value()).unwrap_or_default()});
+                    let failed: Vec<_> = done.failed.iter().map(|(receiver, reason)| serde_json::json!({"receiver": receiver, "reason": reason})).collect();
+                    let record = serde_json::json!({"done_at": now, "failed": failed, "alert": serde_json::from_slice::<serde_json::Value>(row.value()).unwrap_or_default()});
                     drop(row);
                     sent.insert(
                         id,
@@ -214,6 +217,7 @@ mod tests {
     use crate::diagnose::Diagnoser;
     use crate::incidents::IncidentRules;
     use crate::pipeline::Pipeline;
+    use crate::store::Sent;
 
     const SEED: &str = "../shared/examples/oidc-to-run-job-then-fixed";
 
@@ -284,7 +288,10 @@ mod tests {
 
         // Recording both deliveries empties the outbox; the ended incident is gone.
         let sent = Changes {
-            sent: vec![state.outbox[0].id, rows[0].id],
+            sent: vec![
+                Sent::delivered(state.outbox[0].id),
+                Sent::delivered(rows[0].id),
+            ],
             ..Changes::default()
         };
         store.commit(sent).unwrap();

@@ -58,8 +58,8 @@ pub struct Changes {
     pub dedup_keys: Vec<u128>,
     /// Alerts the batch caused, for the outbox.
     pub alerts: Vec<Alert>,
-    /// Outbox rows delivered since the last commit.
-    pub sent: Vec<u64>,
+    /// Outbox rows every receiver is done with since the last commit.
+    pub sent: Vec<Sent>,
 }
 
 impl Changes {
@@ -69,6 +69,25 @@ impl Changes {
             && self.dedup_keys.is_empty()
             && self.alerts.is_empty()
             && self.sent.is_empty()
+    }
+}
+
+/// An outbox row every receiver is done with: delivered, or failed for good at some.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Sent {
+    /// The outbox row.
+    pub id: u64,
+    /// `(receiver, reason)` for each receiver that refused it for good.
+    pub failed: Vec<(String, String)>,
+}
+
+impl Sent {
+    /// A row delivered everywhere.
+    pub fn delivered(id: u64) -> Sent {
+        Sent {
+            id,
+            failed: Vec::new(),
+        }
     }
 }
 

@@ -203,3 +203,22 @@ fn audit_exits_1_on_findings_and_0_without() {
     assert!(String::from_utf8_lossy(&out.stdout)
         .contains("ok       acme-data-prod/us-east1/healthy-job"));
 }
+
+#[test]
+fn the_readme_receivers_example_is_a_valid_config() {
+    let readme = std::fs::read_to_string(common::root().join("README.md")).unwrap();
+    let section = &readme[readme
+        .find("## Receivers")
+        .expect("README has a Receivers section")..];
+    let start = section.find("```toml\n").expect("a toml block") + "```toml\n".len();
+    let block = &section[start..start + section[start..].find("```").unwrap()];
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = common::write(dir.path(), "receivers.toml", block);
+    let out = run(&["check-config", cfg.to_str().unwrap()]);
+    assert!(out.status.success(), "{}\n{block}", stderr(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("5 receiver(s)"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}

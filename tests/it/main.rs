@@ -9,5 +9,6 @@ mod examples;
 mod fixes;
 mod properties;
 mod pubsub;
+mod receivers;
 mod scenarios;
 mod scheduler_api;

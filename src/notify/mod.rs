@@ -1,7 +1,14 @@
-//! Notify: an incident transition → the CONTRACT section 4 alert, and the terminal view of it.
+//! Notify: an incident transition → the CONTRACT section 4 alert, the terminal view of it, and
+//! its delivery to the configured receivers.
 //!
-//! Delivery to Slack, email, webhooks and PagerDuty lives in the `schedwatch-sinks` crate; this
-//! module only makes the event every sink receives.
+//! - [`route`]: which receivers an alert goes to (`[[routes]]`, as Alertmanager does it).
+//! - [`deliver`]: the receivers built from the config, a queue per receiver with retries.
+//!
+//! The sinks themselves (Slack, email, webhooks, PagerDuty, stdout) live in the
+//! `schedwatch-sinks` crate.
+
+pub mod deliver;
+pub mod route;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use schedwatch_sinks::alert::{

@@ -1,0 +1,244 @@
+//! Delivery: the configured receivers, and a queue per receiver fed from the store's outbox.
+//!
+//! ```text
+//!  processor ──(outbox rows)──► one task per receiver: send, retry with backoff ──► report
+//!      ▲                                                                             │
+//!      └──────────── "row N done for receiver R" (delivered or failed for good) ◄────┘
+//! ```
+//!
+//! A row is recorded in the store as delivered (or failed, with the reasons) once every
+//! receiver is done with it; a crash before that delivers it again at the next start (at
+//! least once; `incident_id` lets receivers dedupe). Retryable failures (5xx, 429, timeouts,
+//! refused connections) are retried with exponential backoff and jitter — 1 s doubling to
+//! 5 min, or the receiver's `Retry-After` — for as long as it takes: an outage delays an alert,
+//! it never loses one. Permanent failures (other 4xx, a rejected address) are logged with the
+//! reason, counted and recorded as failed, never retried.
+
+use std::io::{self, Write};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use schedwatch_sinks::delivery::BoxFuture;
+use schedwatch_sinks::email::EmailSink;
+use schedwatch_sinks::pagerduty::PagerDutySink;
+use schedwatch_sinks::slack::SlackSink;
+use schedwatch_sinks::webhook::WebhookSink;
+use schedwatch_sinks::{Alert, DeliveryError, NdjsonSink, Sink};
+use tokio::sync::mpsc;
+
+use super::route::{RouteConfig, Router};
+use crate::config::{Format, ReceiverConfig};
+use crate::store::OutboxRow;
+
+/// The name of the stdout receiver `run --format` adds: it prints every alert, whatever the
+/// routes say.
+pub const CLI_STDOUT: &str = "--format";
+
+/// The first retry waits this long; each next one twice as long, up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+/// The longest wait between two attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(300);
+
+/// Builds every configured receiver, reading its secrets now: a missing secret is a config
+/// error at start, not a failed alert at 3 a.m.
+pub fn receivers(config: &[ReceiverConfig]) -> anyhow::Result<Vec<Arc<dyn Sink>>> {
+    config.iter().map(receiver).collect()
+}
+
+/// Builds one receiver.
+pub fn receiver(r: &ReceiverConfig) -> anyhow::Result<Arc<dyn Sink>> {
+    let name = r.name.clone();
+    let context = |e: &dyn std::fmt::Display| anyhow::anyhow!("receiver {name:?}: {e}");
+    Ok(
+        match (&r.stdout, &r.slack, &r.webhook, &r.pagerduty, &r.email) {
+            (Some(s), None, None, None, None) => {
+                Arc::new(StdoutReceiver::new(&r.name, vec![s.format]))
+            }
+            (None, Some(c), None, None, None) => {
+                Arc::new(SlackSink::new(&r.name, c).map_err(|e| context(&e))?)
+            }
+            (None, None, Some(c), None, None) => {
+                Arc::new(WebhookSink::new(&r.name, c).map_err(|e| context(&e))?)
+            }
+            (None, None, None, Some(c), None) => {
+                Arc::new(PagerDutySink::new(&r.name, c).map_err(|e| context(&e))?)
+            }
+            (None, None, None, None, Some(c)) => {
+                Arc::new(EmailSink::new(&r.name, c).map_err(|e| context(&e))?)
+            }
+            _ => {
+                return Err(context(
+                    &"needs exactly one of stdout, slack, webhook, pagerduty or email",
+                ))
+            }
+        },
+    )
+}
+
+/// Prints alerts on stdout: NDJSON (CONTRACT section 4) or the readable text view.
+pub struct StdoutReceiver {
+    name: String,
+    formats: Vec<Format>,
+    out: Mutex<NdjsonSink<io::Stdout>>,
+}
+
+impl StdoutReceiver {
+    /// A stdout receiver printing each alert in every one of `formats`.
+    pub fn new(name: &str, formats: Vec<Format>) -> StdoutReceiver {
+        StdoutReceiver {
+            name: name.to_owned(),
+            formats,
+            out: Mutex::new(NdjsonSink::new(io::stdout())),
+        }
+    }
+}
+
+impl Sink for StdoutReceiver {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn send<'a>(&'a self, alert: &'a Alert) -> BoxFuture<'a, Result<(), DeliveryError>> {
+        let result = {
+            let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
+            print_alert(&mut out, &self.formats, alert)
+        };
+        // stdout closed (a pipe whose reader went away) will not get better by waiting.
+        Box::pin(async move {
+            result.map_err(|e| DeliveryError::Permanent {
+                reason: format!("stdout: {e}"),
+            })
+        })
+    }
+}
+
+/// Prints one alert in each of `formats`: an NDJSON line, or the readable text view.
+pub fn print_alert<W: Write>(
+    sink: &mut NdjsonSink<W>,
+    formats: &[Format],
+    alert: &Alert,
+) -> io::Result<()> {
+    for format in formats {
+        match format {
+            Format::Json => sink.send(alert)?,
+            Format::Text => {
+                let w = sink.writer();
+                writeln!(w, "{}", super::render_text(alert))?;
+                w.flush()?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// What a receiver's queue reports about one outbox row.
+#[derive(Debug)]
+pub struct Report {
+    /// The outbox row.
+    pub id: u64,
+    /// The receiver.
+    pub receiver: String,
+    /// `None` when delivered; the reason when it failed for good.
+    pub failed: Option<String>,
+}
+
+/// One queue and one task per receiver, and the routes that choose among them.
+pub struct Dispatcher {
+    queues: Vec<(String, mpsc::UnboundedSender<Arc<OutboxRow>>)>,
+    router: Router,
+}
+
+impl Dispatcher {
+    /// Starts a delivery task per receiver on `runtime`; reports go to `reports`.
+    pub fn start(
+        receivers: Vec<Arc<dyn Sink>>,
+        routes: Vec<RouteConfig>,
+        runtime: &tokio::runtime::Handle,
+        reports: mpsc::UnboundedSender<Report>,
+    ) -> Dispatcher {
+        let names = receivers.iter().map(|s| s.name().to_owned()).collect();
+        let queues = receivers
+            .into_iter()
+            .map(|sink| {
+                let (tx, rx) = mpsc::unbounded_channel();
+                let name = sink.name().to_owned();
+                runtime.spawn(deliver_queue(sink, rx, reports.clone()));
+                (name, tx)
+            })
+            .collect();
+        Dispatcher {
+            queues,
+            router: Router::new(names, routes),
+        }
+    }
+
+    /// Queues a row for the receivers its routes choose; returns how many.
+    pub fn dispatch(&mut self, row: OutboxRow) -> usize {
+        let chosen = self.router.route(&row.alert);
+        let row = Arc::new(row);
+        let mut queued = 0;
+        for (name, q) in &self.queues {
+            if chosen.contains(name) || name == CLI_STDOUT {
+                // A closed queue means the runtime is shutting down: the row stays in the outbox.
+                let _ = q.send(row.clone());
+                queued += 1;
+            }
+        }
+        queued
+    }
+}
+
+/// A receiver's queue: rows in order, each tried until delivered or failed for good.
+async fn deliver_queue(
+    sink: Arc<dyn Sink>,
+    mut rows: mpsc::UnboundedReceiver<Arc<OutboxRow>>,
+    reports: mpsc::UnboundedSender<Report>,
+) {
+    while let Some(row) = rows.recv().await {
+        let failed = deliver_one(sink.as_ref(), &row.alert).await;
+        let report = Report {
+            id: row.id,
+            receiver: sink.name().to_owned(),
+            failed,
+        };
+        if reports.send(report).is_err() {
+            return;
+        }
+    }
+}
+
+/// Tries until delivered (`None`) or failed for good (`Some(reason)`).
+pub async fn deliver_one(sink: &dyn Sink, alert: &Alert) -> Option<String> {
+    let mut backoff = FIRST_BACKOFF;
+    let mut attempt = 1u32;
+    loop {
+        match sink.send(alert).await {
+            Ok(()) => {
+                if attempt > 1 {
+                    tracing::info!(receiver = sink.name(), incident_id = %alert.incident_id, attempt, "alert delivered after retries");
+                }
+                return None;
+            }
+            Err(DeliveryError::Permanent { reason }) => {
+                tracing::error!(receiver = sink.name(), incident_id = %alert.incident_id, event = alert.event.as_str(), "alert not delivered, permanently: {reason}");
+                return Some(reason);
+            }
+            Err(DeliveryError::Retryable { reason, after }) => {
+                let wait = after.unwrap_or_else(|| jittered(backoff)).min(MAX_BACKOFF);
+                tracing::warn!(receiver = sink.name(), incident_id = %alert.incident_id, attempt, "alert not delivered yet: {reason}; retrying in {wait:?}");
+                tokio::time::sleep(wait).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                attempt += 1;
+            }
+        }
+    }
+}
+
+/// `d` ± 20 %, from the clock's nanoseconds: replicas that failed together do not retry together.
+fn jittered(d: Duration) -> Duration {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |t| t.subsec_nanos());
+    let factor = 0.8 + 0.4 * (f64::from(nanos % 1000) / 1000.0);
+    d.mul_f64(factor)
+}
