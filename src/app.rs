@@ -124,6 +124,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let mut formats = receiver_formats(&config);
     formats.extend(args.format);
     // Every receiver, its secrets read now: a missing one is a config error (exit 2).
+    for r in &mut config.receivers {
+        if let Some(f) = &mut r.file {
+            f.path = resolve(&f.path);
+        }
+    }
     let mut receivers = crate::notify::deliver::receivers(&config.receivers).map_err(usage)?;
     if let Some(format) = args.format {
         receivers.push(std::sync::Arc::new(StdoutReceiver::new(

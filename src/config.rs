@@ -147,6 +147,8 @@ pub struct ReceiverConfig {
     pub name: String,
     /// Print alerts on stdout.
     pub stdout: Option<StdoutConfig>,
+    /// Append alerts to a file.
+    pub file: Option<FileConfig>,
     /// A Slack incoming webhook.
     pub slack: Option<schedwatch_sinks::slack::SlackConfig>,
     /// An HTTP POST of the alert JSON.
@@ -162,6 +164,7 @@ impl ReceiverConfig {
     pub fn kinds(&self) -> usize {
         [
             self.stdout.is_some(),
+            self.file.is_some(),
             self.slack.is_some(),
             self.webhook.is_some(),
             self.pagerduty.is_some(),
@@ -178,6 +181,17 @@ impl ReceiverConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct StdoutConfig {
     /// `json` (one CONTRACT section 4 event a line) or `text` (readable, with the fix).
+    pub format: Format,
+}
+
+/// A file receiver: alerts appended, one a line (NDJSON) or as text.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// The file, created if missing, appended to; relative to the config file.
+    pub path: PathBuf,
+    /// `json` (default) or `text`.
+    #[serde(default)]
     pub format: Format,
 }
 
@@ -356,7 +370,7 @@ impl Loaded {
                     return Err(self.error_at(
                         self.find(&format!("\"{}\"", r.name)),
                         format!(
-                            "receiver {:?} has no destination: add one of stdout, slack, webhook, pagerduty or email (e.g. `stdout = {{ format = \"text\" }}`)",
+                            "receiver {:?} has no destination: add one of stdout, file, slack, webhook, pagerduty or email (e.g. `stdout = {{ format = \"text\" }}`)",
                             r.name
                         ),
                     ))

@@ -136,6 +136,7 @@ pub fn run(
                     pending: FxHashMap::default(),
                     done: Vec::new(),
                     last_progress: (Instant::now(), 0),
+                    failed_deliveries: 0,
                     rebuild,
                 };
                 // Alerts a crash left undelivered go first.
@@ -193,6 +194,8 @@ struct Processor {
     done: Vec<Sent>,
     /// When progress was last logged, and the entry count then.
     last_progress: (Instant, u64),
+    /// Deliveries a receiver refused for good.
+    failed_deliveries: u64,
     rebuild: Box<dyn Fn() -> anyhow::Result<Pipeline> + Send>,
 }
 
@@ -263,7 +266,11 @@ impl Processor {
             tracing::warn!(alerts = self.pending.len(), "alerts still being delivered at shutdown stay in the outbox: they are delivered at the next start");
         }
         self.commit(Vec::new());
-        tracing::info!("{}", self.pipeline.stats.summary());
+        tracing::info!(
+            "{}; {} deliveries refused for good",
+            self.pipeline.stats.summary(),
+            self.failed_deliveries
+        );
         Ok(())
     }
 
@@ -280,6 +287,7 @@ impl Processor {
             rate = format_args!("{rate:.0}/s"),
             open_incidents = self.pipeline.incidents().open_count(),
             alerts_in_delivery = self.pending.len(),
+            deliveries_refused = self.failed_deliveries,
             "progress: {}",
             self.pipeline.stats.summary()
         );
@@ -389,6 +397,7 @@ impl Processor {
         };
         *left -= 1;
         if let Some(reason) = r.failed {
+            self.failed_deliveries += 1;
             failed.push((r.receiver, reason));
         }
         if *left == 0 {

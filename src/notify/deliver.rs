@@ -49,30 +49,27 @@ pub fn receivers(config: &[ReceiverConfig]) -> anyhow::Result<Vec<Arc<dyn Sink>>
 pub fn receiver(r: &ReceiverConfig) -> anyhow::Result<Arc<dyn Sink>> {
     let name = r.name.clone();
     let context = |e: &dyn std::fmt::Display| anyhow::anyhow!("receiver {name:?}: {e}");
-    Ok(
-        match (&r.stdout, &r.slack, &r.webhook, &r.pagerduty, &r.email) {
-            (Some(s), None, None, None, None) => {
-                Arc::new(StdoutReceiver::new(&r.name, vec![s.format]))
-            }
-            (None, Some(c), None, None, None) => {
-                Arc::new(SlackSink::new(&r.name, c).map_err(|e| context(&e))?)
-            }
-            (None, None, Some(c), None, None) => {
-                Arc::new(WebhookSink::new(&r.name, c).map_err(|e| context(&e))?)
-            }
-            (None, None, None, Some(c), None) => {
-                Arc::new(PagerDutySink::new(&r.name, c).map_err(|e| context(&e))?)
-            }
-            (None, None, None, None, Some(c)) => {
-                Arc::new(EmailSink::new(&r.name, c).map_err(|e| context(&e))?)
-            }
-            _ => {
-                return Err(context(
-                    &"needs exactly one of stdout, slack, webhook, pagerduty or email",
-                ))
-            }
-        },
-    )
+    if r.kinds() != 1 {
+        return Err(context(
+            &"needs exactly one of stdout, file, slack, webhook, pagerduty or email",
+        ));
+    }
+    let sink: Arc<dyn Sink> = if let Some(s) = &r.stdout {
+        Arc::new(StdoutReceiver::new(&r.name, vec![s.format]))
+    } else if let Some(f) = &r.file {
+        Arc::new(FileReceiver::open(&r.name, &f.path, f.format).map_err(|e| context(&e))?)
+    } else if let Some(c) = &r.slack {
+        Arc::new(SlackSink::new(&r.name, c).map_err(|e| context(&e))?)
+    } else if let Some(c) = &r.webhook {
+        Arc::new(WebhookSink::new(&r.name, c).map_err(|e| context(&e))?)
+    } else if let Some(c) = &r.pagerduty {
+        Arc::new(PagerDutySink::new(&r.name, c).map_err(|e| context(&e))?)
+    } else if let Some(c) = &r.email {
+        Arc::new(EmailSink::new(&r.name, c).map_err(|e| context(&e))?)
+    } else {
+        unreachable!("kinds() == 1")
+    };
+    Ok(sink)
 }
 
 /// Prints alerts on stdout: NDJSON (CONTRACT section 4) or the readable text view.
@@ -107,6 +104,55 @@ impl Sink for StdoutReceiver {
         Box::pin(async move {
             result.map_err(|e| DeliveryError::Permanent {
                 reason: format!("stdout: {e}"),
+            })
+        })
+    }
+}
+
+/// Appends alerts to a file, flushed after each: NDJSON (CONTRACT section 4) or text.
+pub struct FileReceiver {
+    name: String,
+    format: Format,
+    path: std::path::PathBuf,
+    out: Mutex<NdjsonSink<std::fs::File>>,
+}
+
+impl FileReceiver {
+    /// Opens `path` for appending (creating it and its folder).
+    pub fn open(name: &str, path: &std::path::Path, format: Format) -> io::Result<FileReceiver> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+        Ok(FileReceiver {
+            name: name.to_owned(),
+            format,
+            path: path.to_owned(),
+            out: Mutex::new(NdjsonSink::new(file)),
+        })
+    }
+}
+
+impl Sink for FileReceiver {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn send<'a>(&'a self, alert: &'a Alert) -> BoxFuture<'a, Result<(), DeliveryError>> {
+        let result = {
+            let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
+            print_alert(&mut out, &[self.format], alert)
+        };
+        // A full disk may get better: retry.
+        let path = self.path.display().to_string();
+        Box::pin(async move {
+            result.map_err(|e| DeliveryError::Retryable {
+                reason: format!("{path}: {e}"),
+                after: None,
             })
         })
     }

@@ -217,7 +217,7 @@ fn the_readme_receivers_example_is_a_valid_config() {
     let out = run(&["check-config", cfg.to_str().unwrap()]);
     assert!(out.status.success(), "{}\n{block}", stderr(&out));
     assert!(
-        String::from_utf8_lossy(&out.stdout).contains("5 receiver(s)"),
+        String::from_utf8_lossy(&out.stdout).contains("6 receiver(s)"),
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );

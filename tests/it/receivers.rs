@@ -242,3 +242,40 @@ receivers = ["everyone-else"]
     assert_eq!(got(&a), want_a);
     assert_eq!(got(&b), want_b);
 }
+
+#[test]
+fn a_file_receiver_appends_every_alert_as_ndjson() {
+    let dir = tempfile::tempdir().unwrap();
+    let demo = common::root().join("config/demo");
+    let cfg = common::write(
+        dir.path(),
+        "file.toml",
+        format!(
+            "[source]\npath = \"{}\"\n[jobs]\ninventory = \"{}\"\n[[receivers]]\nname = \"archive\"\nfile = {{ path = \"out/alerts.ndjson\" }}\n",
+            demo.join("logs.ndjson").display(),
+            demo.join("jobs").display()
+        ),
+    );
+    let out = run(&["run", "--config", cfg.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let replay = run(&[
+        "replay",
+        "--jobs",
+        demo.join("jobs").to_str().unwrap(),
+        "--format",
+        "json",
+        demo.join("logs.ndjson").to_str().unwrap(),
+    ]);
+    // Relative to the config file; appended, not replaced, on a second run.
+    let written = std::fs::read_to_string(dir.path().join("out/alerts.ndjson")).unwrap();
+    assert_eq!(written, String::from_utf8(replay.stdout.clone()).unwrap());
+    let again = run(&["run", "--config", cfg.to_str().unwrap()]);
+    assert!(again.status.success());
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("out/alerts.ndjson"))
+            .unwrap()
+            .lines()
+            .count(),
+        2 * written.lines().count()
+    );
+}
