@@ -35,7 +35,7 @@ use lettre::message::{Mailbox, MultiPart};
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::{Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 
 use crate::delivery::{BoxFuture, DeliveryError, Sink};
 use crate::secret::{Secret, SecretError, SecretRef};
@@ -127,8 +127,11 @@ pub struct EmailConfig {
     #[serde(default)]
     pub cc: Vec<String>,
     /// The longest one send may take, from connecting to the server's last reply, as `"10s"`,
-    /// `"1m 30s"`, `"500ms"` or a number of seconds. Default 10 s.
-    #[serde(default = "default_timeout", deserialize_with = "deserialize_duration")]
+    /// `"1m30s"` or `"500ms"` (the same `timeout` as every HTTP sink). Default 10 s.
+    #[serde(
+        default = "default_timeout",
+        deserialize_with = "crate::webhook::deserialize_timeout"
+    )]
     pub timeout: Duration,
     /// Put before every subject; `""` for none. Default `[schedwatch]`.
     #[serde(default = "default_subject_prefix")]
@@ -814,91 +817,12 @@ fn paragraph(s: &str) -> String {
     esc(s).replace('\n', "<br>\n")
 }
 
-// ---------------------------------------------------------------------------------------------
-// `timeout = "10s"`: a small humantime subset, so the sinks crate needs no parser crate.
-
-fn deserialize_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    struct V;
-    impl serde::de::Visitor<'_> for V {
-        type Value = Duration;
-        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str(r#"a duration like "10s", "1m 30s", "500ms", or a number of seconds"#)
-        }
-        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Duration, E> {
-            Ok(Duration::from_secs(v))
-        }
-        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Duration, E> {
-            u64::try_from(v)
-                .map(Duration::from_secs)
-                .map_err(|_| E::custom("a timeout cannot be negative"))
-        }
-        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Duration, E> {
-            parse_duration(v).map_err(E::custom)
-        }
-    }
-    let t = d.deserialize_any(V)?;
-    if t.is_zero() {
-        return Err(serde::de::Error::custom(
-            "a timeout of zero would fail every send",
-        ));
-    }
-    Ok(t)
-}
-
-/// Parses `"10s"`, `"1m 30s"`, `"1m30s"`, `"500ms"`, `"2min"`, `"1h"`: numbers each followed
-/// by a unit (ms, s, sec, secs, m, min, mins, h, hr, hrs), spaces allowed between terms.
-pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
-    let bad = || format!("{s:?} is not a duration; write it like \"10s\", \"1m 30s\" or \"500ms\"");
-    let mut rest = s.trim();
-    if rest.is_empty() {
-        return Err(bad());
-    }
-    let mut total = Duration::ZERO;
-    while !rest.is_empty() {
-        let digits = rest
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        if digits == 0 {
-            return Err(bad());
-        }
-        let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
-        rest = rest[digits..].trim_start();
-        let unit_len = rest
-            .find(|c: char| !c.is_ascii_alphabetic())
-            .unwrap_or(rest.len());
-        let unit = &rest[..unit_len];
-        rest = rest[unit_len..].trim_start();
-        let term = match unit {
-            "ms" | "msec" => Duration::from_millis(n),
-            "s" | "sec" | "secs" => Duration::from_secs(n),
-            "m" | "min" | "mins" => Duration::from_secs(n.saturating_mul(60)),
-            "h" | "hr" | "hrs" => Duration::from_secs(n.saturating_mul(3600)),
-            _ => return Err(bad()),
-        };
-        total = total.saturating_add(term);
-    }
-    Ok(total)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn config(json: serde_json::Value) -> Result<EmailConfig, serde_json::Error> {
         serde_json::from_value(json)
-    }
-
-    #[test]
-    fn durations_parse_like_humantime() {
-        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
-        assert_eq!(parse_duration("1m 30s"), Ok(Duration::from_secs(90)));
-        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration(" 2min "), Ok(Duration::from_secs(120)));
-        assert!(parse_duration("10").is_err());
-        assert!(parse_duration("s").is_err());
-        assert!(parse_duration("10 parsecs").is_err());
-        assert!(parse_duration("").is_err());
     }
 
     #[test]
@@ -915,7 +839,7 @@ mod tests {
 
         let c = config(serde_json::json!({
             "host": "h", "from": "a@example.com", "to": ["b@example.com"],
-            "security": "tls", "timeout": "1m 30s", "username": "u", "password": {"env": "X"}
+            "security": "tls", "timeout": "1m30s", "username": "u", "password": {"env": "X"}
         }))
         .unwrap();
         assert_eq!(c.port(), 465);
@@ -924,7 +848,7 @@ mod tests {
 
         let c = config(serde_json::json!({
             "host": "h", "from": "a@example.com", "to": ["b@example.com"],
-            "security": "plain", "timeout": 3, "username": {"env": "SMTP_USER"}
+            "security": "plain", "timeout": "3s", "username": {"env": "SMTP_USER"}
         }))
         .unwrap();
         assert_eq!(c.port(), 25);
