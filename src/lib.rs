@@ -7,9 +7,11 @@
 //!
 //! ```text
 //!  source ──► decode ──► incidents ──► correlate ──► diagnose ──► notify ──► sinks
-//!  (file,     (LogEntry   (per-job      (inventory,   (rules →     (alert     (stdout; Slack,
-//!   pubsub)    → Attempt)  state         Scheduler     code + fix)  events)    email, … in
-//!                          machine)      API, cache)                           schedwatch-sinks)
+//!  (file,     (LogEntry   (per-job      (inventory,   (rules →     (alerts,   (stdout, file,
+//!   pubsub)    → Attempt)  state         Scheduler     code + fix)  routes,    Slack, email,
+//!                          machine)      API, cache)                outbox     webhook,
+//!                                                                   queues)    PagerDuty: in
+//!                                                                              schedwatch-sinks)
 //! ```
 //!
 //! - [`source`]: where entries come from. [`source::file`] reads NDJSON, JSON arrays and
@@ -23,8 +25,9 @@
 //! - [`correlate`]: the job's config from the inventory files or the Cloud Scheduler API.
 //! - [`diagnose`]: CONTRACT section 3's rule table → code, confidence, words and the fix
 //!   (`gcloud` + Terraform).
-//! - [`notify`]: turns an incident transition into the CONTRACT section 4 alert, and renders the
-//!   terminal view.
+//! - [`notify`]: turns an incident transition into the CONTRACT section 4 alert and renders the
+//!   terminal view; [`notify::route`] picks the receivers (`[[routes]]`) and
+//!   [`notify::deliver`] builds them and runs a retrying queue per receiver.
 //! - [`pipeline`]: the stages joined; every door (`replay`, `run`) calls the same
 //!   [`pipeline::Pipeline::process_item`].
 //! - [`store`]: the durable state of `run` (incidents, dedup keys, the outbox), committed a
