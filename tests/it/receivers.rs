@@ -203,14 +203,7 @@ receivers = ["everyone-else"]
     assert!(out.status.success(), "{}", stderr(&out));
 
     // What the demo makes, from replay.
-    let replay = run(&[
-        "replay",
-        "--jobs",
-        demo.join("jobs").to_str().unwrap(),
-        "--format",
-        "json",
-        demo.join("logs.ndjson").to_str().unwrap(),
-    ]);
+    let replay = replay_demo();
     let all = common::ndjson(&replay);
     let key = |v: &serde_json::Value| {
         (
@@ -258,14 +251,7 @@ fn a_file_receiver_appends_every_alert_as_ndjson() {
     );
     let out = run(&["run", "--config", cfg.to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let replay = run(&[
-        "replay",
-        "--jobs",
-        demo.join("jobs").to_str().unwrap(),
-        "--format",
-        "json",
-        demo.join("logs.ndjson").to_str().unwrap(),
-    ]);
+    let replay = replay_demo();
     // Relative to the config file; appended, not replaced, on a second run.
     let written = std::fs::read_to_string(dir.path().join("out/alerts.ndjson")).unwrap();
     assert_eq!(written, String::from_utf8(replay.stdout.clone()).unwrap());
@@ -278,4 +264,19 @@ fn a_file_receiver_appends_every_alert_as_ndjson() {
             .count(),
         2 * written.lines().count()
     );
+}
+
+/// `replay --format json` of the bundled demo: the alerts every receiver should see.
+fn replay_demo() -> std::process::Output {
+    let demo = common::root().join("config/demo");
+    let out = run(&[
+        "replay",
+        "--jobs",
+        demo.join("jobs").to_str().unwrap(),
+        "--format",
+        "json",
+        demo.join("logs.ndjson").to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    out
 }
