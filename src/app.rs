@@ -51,12 +51,7 @@ pub fn check_config(args: CheckConfigArgs) -> anyhow::Result<ExitCode> {
 
 /// `schedwatch replay`.
 pub fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
-    let loaded = args
-        .config
-        .as_deref()
-        .map(Loaded::from_file)
-        .transpose()
-        .map_err(usage)?;
+    let (loaded, config) = load(args.config.as_deref())?;
     let formats = match (args.format, &loaded) {
         (Some(f), _) => vec![f],
         (None, Some(l)) if !l.config.receivers.is_empty() => receiver_formats(&l.config),
@@ -68,28 +63,9 @@ pub fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         args.files
     };
     let runtime = Runtime::new();
-    let config = loaded
-        .as_ref()
-        .map(|l| l.config.clone())
-        .unwrap_or_default();
-    let inventory = args.jobs.clone().or_else(|| {
-        loaded.as_ref().and_then(|l| {
-            l.config
-                .jobs
-                .inventory
-                .as_ref()
-                .map(|p| l.resolve(p.get_ref()))
-        })
-    });
+    let inventory = inventory_path(args.jobs.as_deref(), loaded.as_ref(), &config);
     let mut pipeline = build_pipeline(&config, inventory.as_deref(), &runtime)?;
-    feed(
-        &files,
-        &mut pipeline,
-        &formats,
-        &[],
-        &mut crate::notify::route::Router::new(Vec::new(), Vec::new()),
-        &runtime,
-    )?;
+    feed(&files, &mut pipeline, &formats, None)?;
     eprintln!("schedwatch replay: {}", pipeline.stats.summary());
     Ok(ExitCode::SUCCESS)
 }
@@ -97,17 +73,8 @@ pub fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
 /// `schedwatch run`: a file source is read to its end; a subscription is consumed until
 /// SIGTERM or SIGINT.
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
-    let loaded = args
-        .config
-        .as_deref()
-        .map(Loaded::from_file)
-        .transpose()
-        .map_err(usage)?;
-    let mut config = loaded
-        .as_ref()
-        .map(|l| l.config.clone())
-        .unwrap_or_default();
-    let resolve = |p: &Path| loaded.as_ref().map_or(p.to_owned(), |l| l.resolve(p));
+    let (loaded, mut config) = load(args.config.as_deref())?;
+    let resolve = |p: &Path| resolve(loaded.as_ref(), p);
     if let Some(sub) = &args.subscription {
         if !crate::config::is_subscription_name(sub) {
             return Err(usage(format!(
@@ -117,10 +84,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         config.source.path = None;
         config.source.subscription = Some(toml::Spanned::new(0..0, sub.clone()));
     }
-    let inventory = args
-        .jobs
-        .clone()
-        .or_else(|| config.jobs.inventory.as_ref().map(|p| resolve(p.get_ref())));
+    let inventory = inventory_path(args.jobs.as_deref(), loaded.as_ref(), &config);
     let mut formats = receiver_formats(&config);
     formats.extend(args.format);
     // Every receiver, its secrets read now: a missing one is a config error (exit 2).
@@ -131,8 +95,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     }
     let mut receivers = crate::notify::deliver::receivers(&config.receivers).map_err(usage)?;
     if let Some(format) = args.format {
-        receivers.push(std::sync::Arc::new(StdoutReceiver::new(
-            "--format",
+        receivers.push(std::sync::Arc::new(StdoutReceiver::stdout(
+            crate::notify::deliver::CLI_STDOUT,
             vec![format],
         )));
     }
@@ -155,18 +119,16 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             .filter(|(r, _)| r.stdout.is_none())
             .map(|(_, sink)| sink.clone())
             .collect();
-        let mut router = crate::notify::route::Router::new(
+        let router = crate::notify::route::Router::new(
             others.iter().map(|s| s.name().to_owned()).collect(),
             config.routes.clone(),
         );
-        feed(
-            &[path],
-            &mut pipeline,
-            &formats,
-            &others,
-            &mut router,
-            &runtime,
-        )?;
+        let mut inline = Inline {
+            receivers: others,
+            router,
+            runtime: &runtime,
+        };
+        feed(&[path], &mut pipeline, &formats, Some(&mut inline))?;
         eprintln!(
             "schedwatch run: {}; {} incidents still open",
             pipeline.stats.summary(),
@@ -248,36 +210,32 @@ pub fn send_test(args: SendTestArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// The sample: the seed case (an OIDC token sent to the Cloud Run Admin API) through the real
-/// pipeline, so the alert is exactly what the receiver will get in production.
+/// The sample: the bundled demo's commit-worker case (an OIDC token sent to the Cloud Run
+/// Admin API) through the real pipeline, so the alert is exactly what the receiver will get.
 fn sample_alert(config: &Config) -> anyhow::Result<Alert> {
-    const JOB: &str = r#"{"name": "projects/acme-data-prod/locations/us-east1/jobs/commit-worker", "schedule": "*/5 * * * *", "timeZone": "Etc/UTC", "httpTarget": {"uri": "https://us-east1-run.googleapis.com/apis/run.googleapis.com/v1/namespaces/acme-data-prod/jobs/commit-worker:run", "httpMethod": "POST", "oidcToken": {"serviceAccountEmail": "543333616568-compute@developer.gserviceaccount.com", "audience": "https://us-east1-run.googleapis.com/apis/run.googleapis.com/v1/namespaces/acme-data-prod/jobs/commit-worker:run"}}}"#;
-    const ENTRY: &str = r#"{"insertId":"sendtest000001","logName":"projects/acme-data-prod/logs/cloudscheduler.googleapis.com%2Fexecutions","resource":{"type":"cloud_scheduler_job","labels":{"job_id":"commit-worker","location":"us-east1","project_id":"acme-data-prod"}},"timestamp":"2026-11-20T09:00:01.464000Z","jsonPayload":{"@type":"type.googleapis.com/google.cloud.scheduler.logging.AttemptFinished","debugInfo":"URL_ERROR-ERROR_AUTHENTICATION. Original HTTP response code number = 401","jobName":"projects/acme-data-prod/locations/us-east1/jobs/commit-worker","targetType":"HTTP","url":"https://us-east1-run.googleapis.com/apis/run.googleapis.com/v1/namespaces/acme-data-prod/jobs/commit-worker:run","status":"UNAUTHENTICATED"},"httpRequest":{"status":401},"severity":"ERROR"}"#;
+    const JOB: &str = include_str!("../config/demo/jobs/commit-worker.json");
+    const LOGS: &str = include_str!("../config/demo/logs.ndjson");
     let mut inventory = Inventory::default();
     inventory.add_document(serde_json::from_str(JOB)?, "the send-test sample");
     let mut pipeline = Pipeline::new(
         config.incidents.clone(),
-        16,
+        1000,
         Correlator::new(Some(inventory), None),
         Diagnoser::new(&config.runbook.base_url),
     );
     let mut alerts = Vec::new();
-    pipeline.process_item(ENTRY.as_bytes(), &mut alerts);
-    alerts.pop().ok_or_else(|| anyhow::anyhow!("the sample entry made no alert with these [incidents] rules (min_failures, fire_on_confirmed)"))
+    for line in LOGS.lines().filter(|l| l.contains("\"commit-worker\"")) {
+        pipeline.process_item(line.as_bytes(), &mut alerts);
+        if let Some(alert) = alerts.pop() {
+            return Ok(alert);
+        }
+    }
+    Err(anyhow::anyhow!("the sample entries made no alert with these [incidents] rules (min_failures, fire_on_confirmed)"))
 }
 
 /// `schedwatch audit`: rules 2–5 on every job; exit 1 when any job has a finding.
 pub fn audit(args: AuditArgs) -> anyhow::Result<ExitCode> {
-    let loaded = args
-        .config
-        .as_deref()
-        .map(Loaded::from_file)
-        .transpose()
-        .map_err(usage)?;
-    let config = loaded
-        .as_ref()
-        .map(|l| l.config.clone())
-        .unwrap_or_default();
+    let (loaded, config) = load(args.config.as_deref())?;
     let diagnoser = Diagnoser::new(&config.runbook.base_url);
     let (jobs, source) = match (&args.project, &args.location) {
         (Some(project), Some(location)) => {
@@ -303,14 +261,14 @@ pub fn audit(args: AuditArgs) -> anyhow::Result<ExitCode> {
             )
         }
         _ => {
-            let path = match (&args.jobs, &loaded) {
-                (Some(p), _) => p.clone(),
-                (None, Some(l)) => match &l.config.jobs.inventory {
-                    Some(p) => l.resolve(p.get_ref()),
-                    None => return Err(usage("audit needs --jobs PATH, --project P --location L, or [jobs] inventory in the config")),
-                },
-                (None, None) => return Err(usage("audit needs --jobs PATH or --project P --location L")),
-            };
+            let path = inventory_path(args.jobs.as_deref(), loaded.as_ref(), &config)
+                .ok_or_else(|| {
+                    usage(if loaded.is_some() {
+                        "audit needs --jobs PATH, --project P --location L, or [jobs] inventory in the config"
+                    } else {
+                        "audit needs --jobs PATH or --project P --location L"
+                    })
+                })?;
             (
                 Inventory::load(&path).map_err(usage)?.sorted(),
                 AuthSource::Inventory,
@@ -373,6 +331,36 @@ pub fn audit(args: AuditArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// The config file, if one is given, and the config to use (the defaults without one).
+fn load(path: Option<&Path>) -> anyhow::Result<(Option<Loaded>, Config)> {
+    let loaded = path.map(Loaded::from_file).transpose().map_err(usage)?;
+    let config = loaded
+        .as_ref()
+        .map(|l| l.config.clone())
+        .unwrap_or_default();
+    Ok((loaded, config))
+}
+
+/// A path from the config: relative to the config file's folder, as it is without a file.
+fn resolve(loaded: Option<&Loaded>, p: &Path) -> PathBuf {
+    loaded.map_or_else(|| p.to_owned(), |l| l.resolve(p))
+}
+
+/// The job inventory: `--jobs`, else the config's `[jobs] inventory`.
+fn inventory_path(
+    jobs: Option<&Path>,
+    loaded: Option<&Loaded>,
+    config: &Config,
+) -> Option<PathBuf> {
+    jobs.map(Path::to_owned).or_else(|| {
+        config
+            .jobs
+            .inventory
+            .as_ref()
+            .map(|p| resolve(loaded, p.get_ref()))
+    })
+}
+
 fn receiver_formats(config: &Config) -> Vec<Format> {
     config
         .receivers
@@ -381,33 +369,44 @@ fn receiver_formats(config: &Config) -> Vec<Format> {
         .collect()
 }
 
-/// Feeds files through the pipeline, printing alerts as they are made.
+/// Receivers other than stdout that a file source delivers to inline: each alert goes to the
+/// ones its routes choose (with retries) before the next entry is read.
+struct Inline<'a> {
+    receivers: Vec<std::sync::Arc<dyn Sink>>,
+    router: crate::notify::route::Router,
+    runtime: &'a Runtime,
+}
+
+/// Feeds files through the pipeline, printing alerts as they are made (and delivering them to
+/// `inline` receivers).
 fn feed(
     files: &[PathBuf],
     pipeline: &mut Pipeline,
     formats: &[Format],
-    others: &[std::sync::Arc<dyn Sink>],
-    router: &mut crate::notify::route::Router,
-    runtime: &Runtime,
+    mut inline: Option<&mut Inline>,
 ) -> anyhow::Result<()> {
     let stdout = io::stdout();
     let mut sink = NdjsonSink::new(stdout.lock());
     let mut emit = |alerts: &[Alert]| -> io::Result<()> {
         for alert in alerts {
             crate::notify::deliver::print_alert(&mut sink, formats, alert)?;
-            let chosen = if others.is_empty() {
-                Vec::new()
-            } else {
-                router.route(alert)
+            let Some(inline) = inline.as_deref_mut() else {
+                continue;
             };
-            for other in others
+            let chosen = inline.router.route(alert);
+            for receiver in inline
+                .receivers
                 .iter()
-                .filter(|o| chosen.iter().any(|c| c == o.name()))
+                .filter(|r| chosen.iter().any(|c| c == r.name()))
             {
                 // Failed for good is logged by deliver_one; the run goes on.
-                let _ = runtime
+                let _ = inline
+                    .runtime
                     .handle()
-                    .block_on(crate::notify::deliver::deliver_one(other.as_ref(), alert));
+                    .block_on(crate::notify::deliver::deliver_one(
+                        receiver.as_ref(),
+                        alert,
+                    ));
             }
         }
         Ok(())

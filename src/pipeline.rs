@@ -246,12 +246,19 @@ impl Pipeline {
         }
     }
 
+    /// Notes that `job`'s incident changed, for the next commit; the key is copied once a batch.
+    fn track_job(&mut self, job: &JobKey) {
+        if let Some(t) = &mut self.tracking {
+            if !t.jobs.contains(job) {
+                t.jobs.insert(job.clone());
+            }
+        }
+    }
+
     fn success(&mut self, a: Attempt, out: &mut Vec<Alert>) {
         if let Some((transition, incident)) = self.incidents.success(&a.job, a.timestamp) {
             self.explained.remove(&a.job);
-            if let Some(t) = &mut self.tracking {
-                t.jobs.insert(a.job.clone());
-            }
+            self.track_job(&a.job);
             if transition == Transition::Resolved {
                 tracing::info!(job = %a.job, incident_id = %incident.id, count = incident.count, "resolved");
                 self.emit(
@@ -298,9 +305,7 @@ impl Pipeline {
         if opening {
             self.stats.incidents_opened += 1;
         }
-        if let Some(t) = &mut self.tracking {
-            t.jobs.insert(a.job.clone());
-        }
+        self.track_job(&a.job);
         let failure = Failure {
             outcome: a.outcome,
             status: a.status,

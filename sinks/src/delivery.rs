@@ -1,5 +1,6 @@
-//! What every sink shares: the [`Sink`] interface, the outcome of one delivery attempt, and how
-//! an HTTP answer maps to it.
+//! What every sink shares: the [`Sink`] interface, the outcome of one delivery attempt, how an
+//! HTTP answer maps to it, the HTTP plumbing of the Slack, webhook and PagerDuty sinks, and the
+//! `timeout` setting.
 //!
 //! The delivery queue (in the processor) retries [`DeliveryError::Retryable`] with exponential
 //! backoff and jitter, honouring `after` (a `Retry-After`), and records
@@ -8,6 +9,9 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
+
+use reqwest::header::RETRY_AFTER;
+use serde::{Deserialize, Deserializer};
 
 use crate::Alert;
 
@@ -90,9 +94,141 @@ pub fn transport_error(what: &str, e: reqwest::Error) -> DeliveryError {
     }
 }
 
+// ---- HTTP plumbing shared by the Slack, webhook and PagerDuty sinks, and the `timeout`
+// setting of every sink ----
+
+/// The default `timeout` of every HTTP sink: long enough for a slow receiver, short enough that
+/// one hung receiver does not hold the delivery queue.
+pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The longest `timeout` accepted: past that, retrying later is better than waiting.
+const MAX_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// How much of an answer's body is read: error reasons quote 200 characters of it.
+const ANSWER_BYTES: usize = 4096;
+
+pub(crate) fn default_timeout() -> Duration {
+    DEFAULT_TIMEOUT
+}
+
+/// Reads a `timeout` such as `"10s"`, `"500ms"`, `"1m"` or `"1m30s"`.
+pub(crate) fn deserialize_timeout<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(d)?;
+    parse_timeout(&text).map_err(serde::de::Error::custom)
+}
+
+fn parse_timeout(text: &str) -> Result<Duration, String> {
+    let bad =
+        || format!("timeout {text:?}: expected a duration such as \"10s\", \"500ms\" or \"1m\"");
+    let mut rest = text.trim();
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    let mut total = Duration::ZERO;
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let number: u64 = rest[..digits].parse().map_err(|_| bad())?;
+        rest = &rest[digits..];
+        let unit = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let part = match &rest[..unit] {
+            "ms" => Duration::from_millis(number),
+            "s" => Duration::from_secs(number),
+            "m" => Duration::from_secs(number.saturating_mul(60)),
+            _ => return Err(bad()),
+        };
+        total = total.saturating_add(part);
+        rest = &rest[unit..];
+    }
+    if total.is_zero() || total > MAX_TIMEOUT {
+        return Err(format!(
+            "timeout {text:?}: must be more than 0 and at most 5m"
+        ));
+    }
+    Ok(total)
+}
+
+/// An absolute http(s) URL with a host.
+pub(crate) fn is_http_url(text: &str) -> bool {
+    reqwest::Url::parse(text)
+        .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some())
+}
+
+/// What to scrub from answers for a secret URL: the URL, and its path and query, which carry
+/// the token in Slack-style webhooks and which a receiver may echo (`no route for /hooks/…`).
+pub(crate) fn url_parts(url: &str) -> Vec<String> {
+    let mut parts = vec![url.to_owned()];
+    if let Ok(u) = reqwest::Url::parse(url) {
+        if u.path().len() > 1 {
+            parts.push(u.path().to_owned());
+            // Without the leading `/`, for answers that quote it relative.
+            parts.push(u.path()[1..].to_owned());
+        }
+        parts.extend(u.query().map(str::to_owned));
+    }
+    parts
+}
+
+/// The one client a sink keeps. Redirects are not followed: a POST that is redirected is a
+/// misconfigured URL, and following it would resend secret headers to another address.
+pub(crate) fn http_client(timeout: Duration) -> Result<reqwest::Client, reqwest::Error> {
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("schedwatch/", env!("CARGO_PKG_VERSION")))
+        .build()
+}
+
+/// Sends one request and maps the answer with [`http_outcome`] (or [`transport_error`] when
+/// there is none). `redact` is scrubbed from the answer's body before it is quoted: a receiver
+/// may echo what it was sent. Longer strings first, so a URL goes before its path.
+pub(crate) async fn post(
+    what: &str,
+    request: reqwest::RequestBuilder,
+    redact: &[String],
+) -> Result<(), DeliveryError> {
+    let mut response = request.send().await.map_err(|e| transport_error(what, e))?;
+    let status = response.status().as_u16();
+    let retry_after = response
+        .headers()
+        .get(RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    // Read (a bounded part of) the body even on success, so the connection can be reused. A
+    // read error leaves what was read: the status is the answer.
+    let mut bytes = Vec::new();
+    while bytes.len() < ANSWER_BYTES {
+        match response.chunk().await {
+            Ok(Some(chunk)) => bytes.extend_from_slice(&chunk),
+            _ => break,
+        }
+    }
+    bytes.truncate(ANSWER_BYTES);
+    let mut body = String::from_utf8_lossy(&bytes).into_owned();
+    let mut redact: Vec<&String> = redact.iter().filter(|s| s.len() > 1).collect();
+    redact.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    for secret in redact {
+        body = body.replace(secret.as_str(), "[redacted]");
+    }
+    http_outcome(what, status, retry_after.as_deref(), &body)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timeouts_parse_in_the_config_spelling() {
+        assert_eq!(parse_timeout("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_timeout("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_timeout("1m30s"), Ok(Duration::from_secs(90)));
+        for bad in ["", "10", "s", "10 h", "0s", "6m", "-1s", "1.5s"] {
+            assert!(parse_timeout(bad).is_err(), "{bad:?} should be refused");
+        }
+    }
 
     #[test]
     fn statuses_map_to_retry_decisions() {

@@ -130,7 +130,7 @@ pub struct EmailConfig {
     /// `"1m30s"` or `"500ms"` (the same `timeout` as every HTTP sink). Default 10 s.
     #[serde(
         default = "default_timeout",
-        deserialize_with = "crate::webhook::deserialize_timeout"
+        deserialize_with = "crate::delivery::deserialize_timeout"
     )]
     pub timeout: Duration,
     /// Put before every subject; `""` for none. Default `[schedwatch]`.

@@ -28,9 +28,10 @@ use chrono::SecondsFormat;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::delivery::BoxFuture;
+use crate::delivery::{
+    default_timeout, deserialize_timeout, http_client, is_http_url, post, BoxFuture,
+};
 use crate::secret::SecretError;
-use crate::webhook::{default_timeout, deserialize_timeout, http_client, is_http_url, post};
 use crate::{Alert, DeliveryError, EventKind, Secret, SecretRef, Sink};
 
 /// How this sink names its receiver in delivery errors.

@@ -39,11 +39,10 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
-use crate::delivery::BoxFuture;
-use crate::secret::SecretError;
-use crate::webhook::{
-    default_timeout, deserialize_timeout, http_client, is_http_url, post, url_parts,
+use crate::delivery::{
+    default_timeout, deserialize_timeout, http_client, is_http_url, post, url_parts, BoxFuture,
 };
+use crate::secret::SecretError;
 use crate::{Alert, DeliveryError, EventKind, Secret, SecretRef, Sink};
 
 /// How this sink names its receiver in delivery errors.

@@ -178,9 +178,8 @@ fn grant_invoker(f: &Facts<'_>) -> Fix {
         let topic = topic
             .clone()
             .unwrap_or_else(|| format!("projects/{}/topics/TOPIC", j.project));
-        let agent = format!(
-            "serviceAccount:service-PROJECT_NUMBER@gcp-sa-cloudscheduler.iam.gserviceaccount.com"
-        );
+        let agent =
+            "serviceAccount:service-PROJECT_NUMBER@gcp-sa-cloudscheduler.iam.gserviceaccount.com";
         let gcloud = format!(
             "# A Pub/Sub target needs no roles/run.invoker: Cloud Scheduler publishes as its service\n\
              # agent, which needs roles/pubsub.publisher on the topic. PROJECT_NUMBER is {}'s number.\n\
@@ -188,14 +187,14 @@ fn grant_invoker(f: &Facts<'_>) -> Fix {
             j.project,
             sh(&topic),
             sh(&j.project),
-            sh(&agent)
+            sh(agent)
         );
         let terraform = iam_member(
             "google_pubsub_topic_iam_member",
             &j.job_id,
             &[("project", &j.project), ("topic", &topic)],
             "roles/pubsub.publisher",
-            &agent,
+            agent,
         );
         return Fix { gcloud, terraform };
     }

@@ -55,9 +55,9 @@ pub fn receiver(r: &ReceiverConfig) -> anyhow::Result<Arc<dyn Sink>> {
         ));
     }
     let sink: Arc<dyn Sink> = if let Some(s) = &r.stdout {
-        Arc::new(StdoutReceiver::new(&r.name, vec![s.format]))
+        Arc::new(StdoutReceiver::stdout(&r.name, vec![s.format]))
     } else if let Some(f) = &r.file {
-        Arc::new(FileReceiver::open(&r.name, &f.path, f.format).map_err(|e| context(&e))?)
+        Arc::new(WriterReceiver::file(&r.name, &f.path, f.format).map_err(|e| context(&e))?)
     } else if let Some(c) = &r.slack {
         Arc::new(SlackSink::new(&r.name, c).map_err(|e| context(&e))?)
     } else if let Some(c) = &r.webhook {
@@ -72,54 +72,39 @@ pub fn receiver(r: &ReceiverConfig) -> anyhow::Result<Arc<dyn Sink>> {
     Ok(sink)
 }
 
-/// Prints alerts on stdout: NDJSON (CONTRACT section 4) or the readable text view.
-pub struct StdoutReceiver {
+/// Prints alerts to a writer — stdout, or a file appended to — flushed after each: NDJSON
+/// (CONTRACT section 4) or the readable text view.
+pub struct WriterReceiver<W: Write + Send> {
     name: String,
     formats: Vec<Format>,
-    out: Mutex<NdjsonSink<io::Stdout>>,
+    /// Names the writer in delivery errors.
+    label: String,
+    /// Whether a write error may pass (a full disk) or will not (stdout closed).
+    retry_errors: bool,
+    out: Mutex<NdjsonSink<W>>,
 }
 
-impl StdoutReceiver {
-    /// A stdout receiver printing each alert in every one of `formats`.
-    pub fn new(name: &str, formats: Vec<Format>) -> StdoutReceiver {
-        StdoutReceiver {
+/// A stdout receiver.
+pub type StdoutReceiver = WriterReceiver<io::Stdout>;
+
+impl WriterReceiver<io::Stdout> {
+    /// A stdout receiver printing each alert in every one of `formats`. A closed stdout (a pipe
+    /// whose reader went away) will not get better by waiting: its errors are permanent.
+    pub fn stdout(name: &str, formats: Vec<Format>) -> StdoutReceiver {
+        WriterReceiver {
             name: name.to_owned(),
             formats,
+            label: "stdout".to_owned(),
+            retry_errors: false,
             out: Mutex::new(NdjsonSink::new(io::stdout())),
         }
     }
 }
 
-impl Sink for StdoutReceiver {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn send<'a>(&'a self, alert: &'a Alert) -> BoxFuture<'a, Result<(), DeliveryError>> {
-        let result = {
-            let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
-            print_alert(&mut out, &self.formats, alert)
-        };
-        // stdout closed (a pipe whose reader went away) will not get better by waiting.
-        Box::pin(async move {
-            result.map_err(|e| DeliveryError::Permanent {
-                reason: format!("stdout: {e}"),
-            })
-        })
-    }
-}
-
-/// Appends alerts to a file, flushed after each: NDJSON (CONTRACT section 4) or text.
-pub struct FileReceiver {
-    name: String,
-    format: Format,
-    path: std::path::PathBuf,
-    out: Mutex<NdjsonSink<std::fs::File>>,
-}
-
-impl FileReceiver {
-    /// Opens `path` for appending (creating it and its folder).
-    pub fn open(name: &str, path: &std::path::Path, format: Format) -> io::Result<FileReceiver> {
+impl WriterReceiver<std::fs::File> {
+    /// Opens `path` for appending (creating it and its folder). A write error (a full disk)
+    /// may get better: it is retried.
+    pub fn file(name: &str, path: &std::path::Path, format: Format) -> io::Result<Self> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)?;
         }
@@ -128,16 +113,17 @@ impl FileReceiver {
             .append(true)
             .open(path)
             .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
-        Ok(FileReceiver {
+        Ok(WriterReceiver {
             name: name.to_owned(),
-            format,
-            path: path.to_owned(),
+            formats: vec![format],
+            label: path.display().to_string(),
+            retry_errors: true,
             out: Mutex::new(NdjsonSink::new(file)),
         })
     }
 }
 
-impl Sink for FileReceiver {
+impl<W: Write + Send> Sink for WriterReceiver<W> {
     fn name(&self) -> &str {
         &self.name
     }
@@ -145,16 +131,20 @@ impl Sink for FileReceiver {
     fn send<'a>(&'a self, alert: &'a Alert) -> BoxFuture<'a, Result<(), DeliveryError>> {
         let result = {
             let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
-            print_alert(&mut out, &[self.format], alert)
-        };
-        // A full disk may get better: retry.
-        let path = self.path.display().to_string();
-        Box::pin(async move {
-            result.map_err(|e| DeliveryError::Retryable {
-                reason: format!("{path}: {e}"),
-                after: None,
-            })
-        })
+            print_alert(&mut out, &self.formats, alert)
+        }
+        .map_err(|e| {
+            let reason = format!("{}: {e}", self.label);
+            if self.retry_errors {
+                DeliveryError::Retryable {
+                    reason,
+                    after: None,
+                }
+            } else {
+                DeliveryError::Permanent { reason }
+            }
+        });
+        Box::pin(async move { result })
     }
 }
 

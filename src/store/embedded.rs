@@ -34,6 +34,21 @@ pub struct EmbeddedStore {
     dedup_capacity: u64,
 }
 
+/// What `sent` keeps of an outbox row every receiver is done with.
+#[derive(serde::Serialize)]
+struct DoneRecord<'a> {
+    done_at: &'a str,
+    /// Each receiver that refused it for good, and why.
+    failed: Vec<Refusal<'a>>,
+    alert: Option<&'a serde_json::value::RawValue>,
+}
+
+#[derive(serde::Serialize)]
+struct Refusal<'a> {
+    receiver: &'a str,
+    reason: &'a str,
+}
+
 #[derive(serde::Serialize, serde::Deserialize)]
 struct StoredIncident {
     job: JobKey,
@@ -123,14 +138,14 @@ impl EmbeddedStore {
         let mut rows = Vec::with_capacity(changes.alerts.len());
         {
             let mut meta = tx.open_table(META).map_err(|e| self.err(e))?;
-            let next = |name: &str, meta: &mut redb::Table<&str, u64>| -> Result<u64, StoreError> {
-                let n = meta
+            // The sequences are read once and written back once a commit.
+            let counter = |name: &str| -> Result<u64, StoreError> {
+                Ok(meta
                     .get(name)
                     .map_err(|e| self.err(e))?
-                    .map_or(1, |v| v.value());
-                meta.insert(name, n + 1).map_err(|e| self.err(e))?;
-                Ok(n)
+                    .map_or(1, |v| v.value()))
             };
+            let (mut dedup_seq, mut outbox_seq) = (counter("dedup_seq")?, counter("outbox_seq")?);
 
             let mut incidents = tx.open_table(INCIDENTS).map_err(|e| self.err(e))?;
             for (job, incident) in changes.incidents {
@@ -155,7 +170,8 @@ impl EmbeddedStore {
                 if dedup.get(key).map_err(|e| self.err(e))?.is_some() {
                     continue;
                 }
-                let seq = next("dedup_seq", &mut meta)?;
+                let seq = dedup_seq;
+                dedup_seq += 1;
                 dedup.insert(key, seq).map_err(|e| self.err(e))?;
                 order.insert(seq, key).map_err(|e| self.err(e))?;
             }
@@ -174,27 +190,40 @@ impl EmbeddedStore {
 
             let mut outbox = tx.open_table(OUTBOX).map_err(|e| self.err(e))?;
             for alert in changes.alerts {
-                let id = next("outbox_seq", &mut meta)?;
+                let id = outbox_seq;
+                outbox_seq += 1;
                 let bytes = serde_json::to_vec(&alert).map_err(|e| self.err(e))?;
                 outbox
                     .insert(id, bytes.as_slice())
                     .map_err(|e| self.err(e))?;
                 rows.push(OutboxRow { id, alert });
             }
+            meta.insert("dedup_seq", dedup_seq)
+                .map_err(|e| self.err(e))?;
+            meta.insert("outbox_seq", outbox_seq)
+                .map_err(|e| self.err(e))?;
 
             let mut sent = tx.open_table(SENT).map_err(|e| self.err(e))?;
             let now = chrono::Utc::now().to_rfc3339();
             for done in changes.sent {
                 let id = done.id;
                 if let Some(row) = outbox.remove(id).map_err(|e| self.err(e))? {
-                    let failed: Vec<_> = done.failed.iter().map(|(receiver, reason)| serde_json::json!({"receiver": receiver, "reason": reason})).collect();
-                    let record = serde_json::json!({"done_at": now, "failed": failed, "alert": serde_json::from_slice::<serde_json::Value>(row.value()).unwrap_or_default()});
-                    drop(row);
-                    sent.insert(
-                        id,
-                        serde_json::to_vec(&record).unwrap_or_default().as_slice(),
-                    )
+                    // The alert as it was stored, not parsed and written again.
+                    let alert: Option<&serde_json::value::RawValue> =
+                        serde_json::from_slice(row.value()).ok();
+                    let record = serde_json::to_vec(&DoneRecord {
+                        done_at: &now,
+                        failed: done
+                            .failed
+                            .iter()
+                            .map(|(receiver, reason)| Refusal { receiver, reason })
+                            .collect(),
+                        alert,
+                    })
                     .map_err(|e| self.err(e))?;
+                    drop(row);
+                    sent.insert(id, record.as_slice())
+                        .map_err(|e| self.err(e))?;
                 }
             }
             let excess = sent
