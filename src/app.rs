@@ -30,10 +30,13 @@ pub fn check_config(args: CheckConfigArgs) -> anyhow::Result<ExitCode> {
     println!(
         "{}: ok (source: {}; inventory: {}; Scheduler API: {}; {} receiver(s))",
         args.file.display(),
-        match (&c.source.path, &c.source.subscription) {
-            (Some(p), _) => p.get_ref().display().to_string(),
-            (None, Some(s)) => s.get_ref().clone(),
-            (None, None) => "none".into(),
+        match (&c.source.path, &c.source.subscription, &c.source.push) {
+            (Some(p), _, _) => p.get_ref().display().to_string(),
+            (None, Some(s), _) => s.get_ref().clone(),
+            (None, None, Some(p)) if p.get_ref().allow_unauthenticated =>
+                "push, unauthenticated".into(),
+            (None, None, Some(_)) => "push, OIDC token checked".into(),
+            (None, None, None) => "none".into(),
         },
         c.jobs
             .inventory
@@ -82,7 +85,17 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             )));
         }
         config.source.path = None;
+        config.source.push = None;
         config.source.subscription = Some(toml::Spanned::new(0..0, sub.clone()));
+    }
+    if args.push {
+        config.source.path = None;
+        config.source.subscription = None;
+        let push = config
+            .source
+            .push
+            .get_or_insert_with(|| toml::Spanned::new(0..0, Default::default()));
+        push.get_ref().validate().map_err(usage)?;
     }
     let inventory = inventory_path(args.jobs.as_deref(), loaded.as_ref(), &config);
     let mut formats = receiver_formats(&config);
@@ -136,9 +149,13 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::SUCCESS);
     }
-    let Some(source) = config.source.pubsub() else {
-        return Err(usage("run needs a source: --subscription projects/P/subscriptions/S, or [source] subscription or path in the config"));
+    let source = match (config.source.pubsub(), &config.source.push) {
+        (Some(pull), _) => crate::service::Source::Pull(pull),
+        (None, Some(push)) => crate::service::Source::Push(push.get_ref().clone()),
+        (None, None) => return Err(usage("run needs a source: --subscription projects/P/subscriptions/S, --push, or [source] subscription, path or [source.push] in the config")),
     };
+    let push = matches!(source, crate::service::Source::Push(_));
+    let listen = crate::http::listen_address(args.listen, &config.server, push).map_err(usage)?;
     let state_dir = args
         .state
         .clone()
@@ -152,15 +169,16 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     };
     let mut state = config.state.clone();
     state.dir = state_dir;
-    crate::service::run(
+    crate::service::run(crate::service::Service {
         pipeline,
         store,
         source,
+        listen,
         state,
         receivers,
-        config.routes.clone(),
+        routes: config.routes.clone(),
         rebuild,
-    )?;
+    })?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -338,6 +356,7 @@ fn load(path: Option<&Path>) -> anyhow::Result<(Option<Loaded>, Config)> {
         .as_ref()
         .map(|l| l.config.clone())
         .unwrap_or_default();
+    crate::logging::configure(&config.log);
     Ok((loaded, config))
 }
 

@@ -18,6 +18,11 @@ pub struct Cli {
     /// `warn` for the others. Logs go to stderr.
     #[arg(long, global = true, env = "SCHEDWATCH_LOG")]
     pub log: Option<String>,
+    /// Log format: `json` is Cloud Logging's structured JSON (severity, message, fields);
+    /// `auto` is JSON on Cloud Run (`K_SERVICE` set), text elsewhere. Default: the config's
+    /// `[log] format`, else `auto`.
+    #[arg(long, global = true, value_enum, env = "SCHEDWATCH_LOG_FORMAT")]
+    pub log_format: Option<crate::logging::LogFormat>,
 }
 
 /// The commands, one per door into the pipeline.
@@ -38,15 +43,23 @@ pub enum Command {
 
 /// `schedwatch run`.
 #[derive(Debug, Args)]
-#[command(group = clap::ArgGroup::new("what").required(true).multiple(true).args(["config", "subscription"]))]
+#[command(group = clap::ArgGroup::new("what").required(true).multiple(true).args(["config", "subscription", "push"]))]
 pub struct RunArgs {
     /// The config file.
     #[arg(long, short)]
     pub config: Option<PathBuf>,
     /// The Pub/Sub subscription fed by the log sink, `projects/P/subscriptions/S`; overrides
     /// the config's source. `PUBSUB_EMULATOR_HOST` is honoured.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "push")]
     pub subscription: Option<String>,
+    /// Push mode: serve `POST /pubsub/push` for a push subscription instead of pulling
+    /// (token checks from `[source.push]`).
+    #[arg(long)]
+    pub push: bool,
+    /// Serve /healthz, /readyz, /metrics (and /pubsub/push) on this address, e.g.
+    /// `0.0.0.0:8080`; overrides `[server] listen`. Default: `0.0.0.0:$PORT` when `PORT` is set.
+    #[arg(long)]
+    pub listen: Option<std::net::SocketAddr>,
     /// A Job JSON file or a folder of them; overrides the config's inventory.
     #[arg(long)]
     pub jobs: Option<PathBuf>,

@@ -38,9 +38,13 @@ pub struct Config {
     pub routes: Vec<crate::notify::route::RouteConfig>,
     /// The durable state of `run` on a subscription.
     pub state: StateConfig,
+    /// The HTTP endpoints of `run`.
+    pub server: crate::http::ServerConfig,
+    /// How logs look.
+    pub log: crate::logging::LogConfig,
 }
 
-/// `[source]`: a file, or a Pub/Sub subscription.
+/// `[source]`: a file, a Pub/Sub subscription, or Pub/Sub push requests.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SourceConfig {
@@ -49,6 +53,8 @@ pub struct SourceConfig {
     pub path: Option<Spanned<PathBuf>>,
     /// A Pub/Sub subscription, `projects/P/subscriptions/S`, fed by a Cloud Logging sink.
     pub subscription: Option<Spanned<String>>,
+    /// `[source.push]`: Pub/Sub pushes to `POST /pubsub/push` instead.
+    pub push: Option<Spanned<crate::source::push::PushConfig>>,
     /// Streaming pulls held open at once.
     pub streams: usize,
     /// Messages leased and not yet acked, per stream.
@@ -69,6 +75,7 @@ impl Default for SourceConfig {
         SourceConfig {
             path: None,
             subscription: None,
+            push: None,
             streams: p.streams,
             max_outstanding_messages: p.max_outstanding_messages,
             max_outstanding_bytes: p.max_outstanding_bytes,
@@ -289,6 +296,17 @@ impl Loaded {
                 Some(sub.span()),
                 "[source] has both `path` and `subscription`: keep one".into(),
             ));
+        }
+        if let Some(push) = &c.source.push {
+            if c.source.path.is_some() || c.source.subscription.is_some() {
+                return Err(self.error_at(
+                    self.find("[source.push]").or(Some(push.span())),
+                    "[source.push] is a source of its own: remove `path` and `subscription` from [source] (a push subscription is configured on the Pub/Sub side)".into(),
+                ));
+            }
+            if let Err(e) = push.get_ref().validate() {
+                return Err(self.error_at(self.find("[source.push]").or(Some(push.span())), e));
+            }
         }
         if let Some(sub) = &c.source.subscription {
             if !is_subscription_name(sub.get_ref()) {

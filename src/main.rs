@@ -14,16 +14,7 @@ fn main() -> ExitCode {
         Command::Run(_) => "info",
         _ => "warn",
     };
-    let filter =
-        tracing_subscriber::EnvFilter::try_new(cli.log.as_deref().unwrap_or(default_level))
-            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
-    use std::io::IsTerminal as _;
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_target(false)
-        .init();
+    schedwatch::logging::init(cli.log.as_deref().unwrap_or(default_level), cli.log_format);
 
     let result = match cli.command {
         Command::Run(args) => app::run(args),

@@ -1,10 +1,12 @@
-//! The long-running service (`run` on a subscription): Pub/Sub → pipeline → store → acks →
-//! receivers, until SIGTERM or SIGINT.
+//! The long-running service (`run` on a subscription, pulled or pushed): Pub/Sub → pipeline
+//! → store → acks → receivers, until SIGTERM or SIGINT; beside it the HTTP endpoints
+//! ([`crate::http`]).
 //!
 //! ```text
 //!  pull tasks ──(bounded channel)──► processor thread ──► store commit ──► acks
-//!  (source::pubsub, one per stream)    (batches of N msgs     (one fsync      (only now)
-//!                                       or T ms)               a batch)          │
+//!  (source::pubsub, one per stream)    (batches of N msgs     (one fsync      (only now; a push
+//!   or push requests (source::push)     or T ms)               a batch)        request's 204)
+//!                                                                                │
 //!                                                                              outbox ──► receivers
 //!                                                                   (notify::deliver: a queue
 //!                                                                    per receiver, retries)
@@ -16,10 +18,11 @@
 //! batch's messages are dropped unacked (the client nacks them, so they come back) and the
 //! pipeline's memory is rebuilt from the store, so nothing it did not commit survives.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
-
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use rustc_hash::FxHashMap;
 use schedwatch_sinks::{Alert, Sink};
@@ -27,10 +30,14 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::http::Mode;
+use crate::metrics::metrics;
 use crate::notify::deliver::{Dispatcher, Report};
 use crate::notify::route::RouteConfig;
 use crate::pipeline::Pipeline;
-use crate::source::pubsub::{self, PubsubConfig, Received};
+use crate::source::pubsub::{self, PubsubConfig};
+use crate::source::push::{PushConfig, PushReceiver, TokenVerifier};
+use crate::source::Received;
 use crate::store::{Changes, EmbeddedStore, OutboxRow, Sent, StoreError};
 
 /// `[state]` in the config file.
@@ -67,18 +74,60 @@ impl Default for StateConfig {
 /// How often progress is logged while messages flow.
 const PROGRESS_INTERVAL: Duration = Duration::from_secs(60);
 
-/// Runs until a signal: pulls, processes, commits, acks, delivers.
-pub fn run(
-    mut pipeline: Pipeline,
-    store: EmbeddedStore,
-    source: PubsubConfig,
-    state: StateConfig,
-    receivers: Vec<Arc<dyn Sink>>,
-    routes: Vec<RouteConfig>,
-    rebuild: Box<dyn Fn() -> anyhow::Result<Pipeline> + Send>,
-) -> anyhow::Result<()> {
+/// Where messages come from.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// Streaming pull on a subscription.
+    Pull(PubsubConfig),
+    /// Push requests on `POST /pubsub/push`.
+    Push(PushConfig),
+}
+
+/// How long a push request waits for the commit of its message before it is answered 503
+/// (and redelivered). Commits take milliseconds; this is for a store that is failing.
+const PUSH_WAIT: Duration = Duration::from_secs(30);
+
+/// Everything the service runs with.
+pub struct Service {
+    /// The pipeline, restored from the store at start.
+    pub pipeline: Pipeline,
+    /// The durable state.
+    pub store: EmbeddedStore,
+    /// Pull or push.
+    pub source: Source,
+    /// Where the HTTP endpoints are served, if anywhere (push needs it).
+    pub listen: Option<SocketAddr>,
+    /// Batching, durability and shutdown settings.
+    pub state: StateConfig,
+    /// The receivers, built.
+    pub receivers: Vec<Arc<dyn Sink>>,
+    /// Which receivers get which alerts.
+    pub routes: Vec<RouteConfig>,
+    /// Builds a fresh pipeline, to reload state after a failed commit.
+    pub rebuild: Box<dyn Fn() -> anyhow::Result<Pipeline> + Send>,
+}
+
+/// Runs until a signal: pulls (or takes pushes), processes, commits, acks, delivers.
+pub fn run(service: Service) -> anyhow::Result<()> {
+    let Service {
+        mut pipeline,
+        store,
+        source,
+        listen,
+        state,
+        receivers,
+        routes,
+        rebuild,
+    } = service;
+    // Bound before anything starts: a taken port is an error now, not a silent missing probe.
+    let listener = listen
+        .map(|addr| {
+            std::net::TcpListener::bind(addr)
+                .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))
+        })
+        .transpose()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        // The pull tasks only move bytes; the processor has its own thread.
+        // The pull tasks and the HTTP server only move bytes; the processor has its own thread.
         .worker_threads(2)
         .enable_all()
         .build()?;
@@ -87,25 +136,48 @@ pub fn run(
 
     // The pipeline carries on from the store: open incidents, recent dedup keys.
     let stored = store.load()?;
+    metrics().commit(true);
     pipeline.restore(&stored);
     pipeline.track_changes();
     tracing::info!(open_incidents = stored.incidents.len(), dedup_keys = stored.dedup_keys.len(), outbox = stored.outbox.len(), store = %store.path().display(), "state loaded");
 
-    let client = runtime.block_on(pubsub::connect(&source))?;
-    // Room for every message the client may lease at once: the channel never holds back a
-    // lease the flow control already granted.
-    let capacity = (source.max_outstanding_messages.max(1) as usize) * source.streams.max(1);
-    let (tx, rx) = mpsc::channel::<Received>(capacity);
-    for n in 0..source.streams.max(1) {
-        runtime.spawn(pubsub::pull(
-            client.clone(),
-            source.clone(),
-            n,
-            tx.clone(),
-            shutdown.clone(),
-        ));
+    let (mode, rx, push) = match &source {
+        Source::Pull(source) => {
+            let client = runtime.block_on(pubsub::connect(source))?;
+            // Room for every message the client may lease at once: the channel never holds
+            // back a lease the flow control already granted.
+            let capacity =
+                (source.max_outstanding_messages.max(1) as usize) * source.streams.max(1);
+            let (tx, rx) = mpsc::channel::<Received>(capacity);
+            runtime.spawn(pubsub::probe(source.clone(), shutdown.clone()));
+            for n in 0..source.streams.max(1) {
+                runtime.spawn(pubsub::pull(
+                    client.clone(),
+                    source.clone(),
+                    n,
+                    tx.clone(),
+                    shutdown.clone(),
+                ));
+            }
+            (Mode::Pull, rx, None)
+        }
+        Source::Push(push) => {
+            let verifier = if push.allow_unauthenticated {
+                tracing::warn!("push requests are accepted without a token (source.push.allow_unauthenticated): only behind an ingress that authenticates them");
+                None
+            } else {
+                Some(TokenVerifier::new(push.clone())?)
+            };
+            let (tx, rx) = mpsc::channel::<Received>(state.commit_max_messages.max(1) * 2);
+            let receiver = PushReceiver::new(verifier, tx, PUSH_WAIT);
+            (Mode::Push, rx, Some(Arc::new(receiver)))
+        }
+    };
+    if let Some(listener) = listener {
+        tracing::info!(address = %listener.local_addr()?, push = push.is_some(), "serving /healthz, /readyz, /metrics{}", if push.is_some() { ", /pubsub/push" } else { "" });
+        let app = crate::http::router(mode, push);
+        runtime.spawn(crate::http::serve(listener, app, shutdown.clone()));
     }
-    drop(tx);
 
     {
         let shutdown = shutdown.clone();
@@ -304,12 +376,17 @@ impl Processor {
             alerts = alerts.len(),
             "batch processed"
         );
-        if self.commit(alerts) {
+        let committed = self.commit(alerts);
+        let m = metrics();
+        m.pipeline_stats(&self.pipeline.stats, self.pipeline.incidents().open_count());
+        if committed {
+            m.acked.fetch_add(batch.len() as u64, Relaxed);
             for m in batch {
-                pubsub::ack(m.handler, &self.handle);
+                m.ack.ack(&self.handle);
             }
         } else {
             // Not committed: dropping the handlers nacks the messages; they come back.
+            m.nacked.fetch_add(batch.len() as u64, Relaxed);
             tracing::warn!(
                 messages = batch.len(),
                 "batch not committed; its messages will be redelivered"
@@ -327,7 +404,9 @@ impl Processor {
         if changes.is_empty() {
             return true;
         }
-        match self.store.commit(changes) {
+        let result = self.store.commit(changes);
+        metrics().commit(result.is_ok());
+        match result {
             Ok(rows) => {
                 self.deliver(rows);
                 true

@@ -152,7 +152,7 @@ fn parse_timeout(text: &str) -> Result<Duration, String> {
 }
 
 /// An absolute http(s) URL with a host.
-pub(crate) fn is_http_url(text: &str) -> bool {
+pub fn is_http_url(text: &str) -> bool {
     reqwest::Url::parse(text)
         .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some())
 }

@@ -133,9 +133,16 @@ impl SchedulerApi {
             }
         }
         self.calls += 1;
+        let metrics = crate::metrics::metrics();
+        metrics
+            .api_lookups
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let answer = self.fetch(key);
         if let Err(e) = &answer {
             self.errors += 1;
+            metrics
+                .api_errors
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tracing::warn!(job = %key, "job config unavailable: {e}");
         }
         self.cache.insert(

@@ -243,12 +243,28 @@ async fn deliver_queue(
     }
 }
 
-/// Tries until delivered (`None`) or failed for good (`Some(reason)`).
+/// Tries until delivered (`None`) or failed for good (`Some(reason)`); counts each outcome in
+/// the receiver's metrics.
 pub async fn deliver_one(sink: &dyn Sink, alert: &Alert) -> Option<String> {
+    let metrics = crate::metrics::metrics();
     let mut backoff = FIRST_BACKOFF;
     let mut attempt = 1u32;
     loop {
-        match sink.send(alert).await {
+        let result = sink.send(alert).await;
+        metrics.receiver(sink.name(), |c| {
+            if attempt > 1 {
+                c.retrying -= 1;
+            }
+            match &result {
+                Ok(()) => c.sent += 1,
+                Err(DeliveryError::Permanent { .. }) => c.failed += 1,
+                Err(DeliveryError::Retryable { .. }) => {
+                    c.retries += 1;
+                    c.retrying += 1;
+                }
+            }
+        });
+        match result {
             Ok(()) => {
                 if attempt > 1 {
                     tracing::info!(receiver = sink.name(), incident_id = %alert.incident_id, attempt, "alert delivered after retries");

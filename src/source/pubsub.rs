@@ -10,6 +10,7 @@
 //! client at `http://HOST` with anonymous credentials; otherwise Application Default
 //! Credentials are used.
 
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use google_cloud_pubsub::client::Subscriber;
@@ -18,6 +19,9 @@ use google_cloud_pubsub::subscriber::ShutdownBehavior;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+
+use super::{Ack, Received};
+use crate::metrics::metrics;
 
 /// `[source]` for Pub/Sub.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -56,16 +60,6 @@ impl Default for PubsubConfig {
     }
 }
 
-/// A message and the means to ack it.
-pub struct Received {
-    /// The message's data: one LogEntry JSON.
-    pub data: bytes::Bytes,
-    /// Pub/Sub's id, for logs.
-    pub message_id: String,
-    /// Acks or (dropped) nacks the message.
-    pub handler: Handler,
-}
-
 /// Why the client could not be built.
 #[derive(Debug, thiserror::Error)]
 #[error("cannot set up the Pub/Sub client: {0}")]
@@ -75,10 +69,7 @@ pub struct SetupError(String);
 /// configured endpoint (or Google's) with Application Default Credentials.
 pub async fn connect(config: &PubsubConfig) -> Result<Subscriber, SetupError> {
     let mut builder = Subscriber::builder();
-    match std::env::var("PUBSUB_EMULATOR_HOST")
-        .ok()
-        .filter(|h| !h.is_empty())
-    {
+    match emulator_host() {
         Some(host) => {
             tracing::info!(emulator = %host, "using the Pub/Sub emulator (PUBSUB_EMULATOR_HOST)");
             let endpoint = if host.starts_with("http") {
@@ -97,6 +88,72 @@ pub async fn connect(config: &PubsubConfig) -> Result<Subscriber, SetupError> {
         }
     }
     builder.build().await.map_err(|e| SetupError(e.to_string()))
+}
+
+fn emulator_host() -> Option<String> {
+    std::env::var("PUBSUB_EMULATOR_HOST")
+        .ok()
+        .filter(|h| !h.is_empty())
+}
+
+/// The `host:port` the client connects to.
+fn endpoint_address(config: &PubsubConfig) -> String {
+    let url = emulator_host()
+        .or_else(|| config.endpoint.clone())
+        .unwrap_or_else(|| "https://pubsub.googleapis.com".to_owned());
+    let (default_port, rest) = match url.split_once("://") {
+        Some(("http", rest)) => (80, rest),
+        Some((_, rest)) => (443, rest),
+        None => (80, url.as_str()), // the emulator's HOST:PORT
+    };
+    let authority = rest.split('/').next().unwrap_or(rest);
+    if authority
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+    {
+        authority.to_owned()
+    } else {
+        format!("{authority}:{default_port}")
+    }
+}
+
+/// How often [`probe`] connects.
+const PROBE_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Until `shutdown`, opens a TCP connection to the Pub/Sub endpoint every few seconds and
+/// records whether it could (`pubsub_endpoint_reachable`, readiness). The client retries an
+/// unreachable endpoint silently and forever; this is how an outage shows in logs and probes.
+pub async fn probe(config: PubsubConfig, shutdown: CancellationToken) {
+    let address = endpoint_address(&config);
+    let mut was: Option<bool> = None;
+    loop {
+        let attempt = tokio::time::timeout(
+            Duration::from_secs(3),
+            tokio::net::TcpStream::connect(address.as_str()),
+        )
+        .await;
+        let error = match attempt {
+            Ok(Ok(_)) => None,
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(_) => Some("no answer within 3s".to_owned()),
+        };
+        let up = error.is_none();
+        metrics().pubsub_reachable.store(up as u64, Relaxed);
+        match (was, &error) {
+            (Some(false), None) => {
+                tracing::info!(endpoint = %address, "Pub/Sub endpoint reachable again")
+            }
+            (Some(true) | None, Some(e)) => {
+                tracing::warn!(endpoint = %address, "Pub/Sub endpoint unreachable ({e}); the client keeps retrying, not ready until it answers")
+            }
+            _ => {}
+        }
+        was = Some(up);
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(PROBE_INTERVAL) => {}
+        }
+    }
 }
 
 /// Holds one streaming pull open until `shutdown`, forwarding messages to `tx`; reconnects
@@ -119,6 +176,7 @@ pub async fn pull(
             .set_shutdown_behavior(ShutdownBehavior::WaitForProcessing)
             .build();
         tracing::info!(stream = stream_no, subscription = %config.subscription, "pulling");
+        let connected = Connected::new();
         let broke = loop {
             let next = tokio::select! {
                 biased;
@@ -129,10 +187,11 @@ pub async fn pull(
                 Some(Ok((message, handler))) => {
                     backoff = Duration::from_millis(100);
                     tracing::trace!(stream = stream_no, message_id = %message.message_id, "received");
+                    metrics().message_received();
                     let received = Received {
                         data: message.data,
                         message_id: message.message_id,
-                        handler,
+                        ack: Ack::Pull(handler),
                     };
                     if tx.send(received).await.is_err() {
                         break None; // the processor has stopped
@@ -145,6 +204,7 @@ pub async fn pull(
         // Stop pulling; leases of messages the processor holds are kept until it acks them.
         let token = stream.shutdown_token();
         drop(stream);
+        drop(connected);
         tokio::spawn(async move { token.shutdown().await });
         let Some(reason) = broke else { break };
         let jitter = Duration::from_millis(rand_millis(backoff.as_millis() as u64 / 4 + 1));
@@ -160,6 +220,22 @@ pub async fn pull(
         backoff = (backoff * 2).min(Duration::from_secs(30));
     }
     tracing::info!(stream = stream_no, "stopped pulling");
+}
+
+/// Counts a stream in `pubsub_streams_connected` while it lives.
+struct Connected;
+
+impl Connected {
+    fn new() -> Connected {
+        metrics().streams_connected.fetch_add(1, Relaxed);
+        Connected
+    }
+}
+
+impl Drop for Connected {
+    fn drop(&mut self) {
+        metrics().streams_connected.fetch_sub(1, Relaxed);
+    }
 }
 
 /// A little jitter without a random-number crate: the clock's nanoseconds.
@@ -183,5 +259,29 @@ pub fn ack(handler: Handler, runtime: &tokio::runtime::Handle) {
             });
         }
         other => other.ack(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_probed_address_is_the_clients_endpoint() {
+        let at = |endpoint: &str| {
+            endpoint_address(&PubsubConfig {
+                endpoint: Some(endpoint.to_owned()),
+                ..PubsubConfig::default()
+            })
+        };
+        assert_eq!(
+            at("https://pubsub.googleapis.com"),
+            "pubsub.googleapis.com:443"
+        );
+        assert_eq!(
+            at("https://europe-west1-pubsub.googleapis.com/"),
+            "europe-west1-pubsub.googleapis.com:443"
+        );
+        assert_eq!(at("http://localhost:8085"), "localhost:8085");
     }
 }

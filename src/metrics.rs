@@ -1,0 +1,402 @@
+//! The service's counters and gauges, and their Prometheus text rendering (`GET /metrics`).
+//!
+//! One registry for the process ([`metrics()`]): the stages count where the event happens —
+//! the pull tasks what they receive, the processor what it acks and commits, the delivery
+//! queues what they send — with relaxed atomics, so counting costs an uncontended add and
+//! scraping never waits for the pipeline. The pipeline's own counters (skips by reason,
+//! duplicates, alerts by event) are copied in after each batch, so there is one source of
+//! truth for them: [`Stats`].
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::{Mutex, OnceLock};
+
+use crate::pipeline::Stats;
+
+/// The process's metrics.
+pub fn metrics() -> &'static Metrics {
+    static METRICS: OnceLock<Metrics> = OnceLock::new();
+    METRICS.get_or_init(Metrics::default)
+}
+
+/// Counters per receiver.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ReceiverCounts {
+    /// Alerts the receiver accepted.
+    pub sent: u64,
+    /// Alerts it refused for good (a permanent error).
+    pub failed: u64,
+    /// Attempts that failed and were retried.
+    pub retries: u64,
+    /// Alerts waiting for a retry now.
+    pub retrying: i64,
+}
+
+/// How a push request ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum PushOutcome {
+    /// Committed and answered 2xx.
+    Acked,
+    /// Not committed (store down, shutdown): answered 503, Pub/Sub redelivers.
+    Nacked,
+    /// No valid token: answered 401.
+    Unauthorized,
+    /// Not a push envelope: counted, skipped and answered 2xx.
+    BadEnvelope,
+}
+
+impl PushOutcome {
+    fn label(self) -> &'static str {
+        match self {
+            PushOutcome::Acked => "acked",
+            PushOutcome::Nacked => "nacked",
+            PushOutcome::Unauthorized => "unauthorized",
+            PushOutcome::BadEnvelope => "bad_envelope",
+        }
+    }
+}
+
+/// The registry.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Messages that reached the service (pulled or pushed).
+    pub received: AtomicU64,
+    /// Messages acked after their commit.
+    pub acked: AtomicU64,
+    /// Messages handed back (a failed commit, a shutdown): they are redelivered.
+    pub nacked: AtomicU64,
+    /// Unix time in milliseconds of the last message received; 0 before the first.
+    pub last_message_ms: AtomicI64,
+    /// Open incidents, after the last batch.
+    pub incidents_open: AtomicU64,
+    /// Store commits that succeeded.
+    pub commits: AtomicU64,
+    /// Store commits that failed.
+    pub commit_failures: AtomicU64,
+    /// Whether the last commit succeeded (1) — readiness.
+    pub store_ok: AtomicU64,
+    /// Subscription streams open now (not ended by a permanent error).
+    pub streams_connected: AtomicI64,
+    /// Whether the Pub/Sub endpoint answered the last reachability probe (1) — the client
+    /// retries an unreachable endpoint silently and forever, so the streams alone cannot tell.
+    pub pubsub_reachable: AtomicU64,
+    /// Cloud Scheduler API job look-ups (cache misses that went to the API).
+    pub api_lookups: AtomicU64,
+    /// Look-ups that failed.
+    pub api_errors: AtomicU64,
+    pipeline: Mutex<PipelineCounts>,
+    receivers: Mutex<BTreeMap<String, ReceiverCounts>>,
+    push: Mutex<BTreeMap<PushOutcome, u64>>,
+}
+
+/// The pipeline's counters as of its last batch, plus envelopes it never saw.
+#[derive(Debug, Default)]
+struct PipelineCounts {
+    skipped: BTreeMap<&'static str, u64>,
+    duplicates: u64,
+    alerts: BTreeMap<&'static str, u64>,
+    /// Push requests that carried no message: skipped before the pipeline.
+    bad_envelopes: u64,
+}
+
+impl Metrics {
+    /// A message arrived now.
+    pub fn message_received(&self) {
+        self.received.fetch_add(1, Relaxed);
+        self.last_message_ms
+            .store(chrono::Utc::now().timestamp_millis(), Relaxed);
+    }
+
+    /// Copies the pipeline's counters after a batch.
+    pub fn pipeline_stats(&self, stats: &Stats, open_incidents: usize) {
+        let mut p = self.pipeline.lock().expect("metrics lock");
+        p.skipped.clone_from(&stats.skipped);
+        p.duplicates = stats.duplicates;
+        p.alerts.clone_from(&stats.alerts);
+        self.incidents_open.store(open_incidents as u64, Relaxed);
+    }
+
+    /// A store commit ended.
+    pub fn commit(&self, ok: bool) {
+        if ok {
+            self.commits.fetch_add(1, Relaxed);
+        } else {
+            self.commit_failures.fetch_add(1, Relaxed);
+        }
+        self.store_ok.store(ok as u64, Relaxed);
+    }
+
+    /// Whether the last commit succeeded (true before the first).
+    pub fn store_writable(&self) -> bool {
+        self.store_ok.load(Relaxed) == 1
+    }
+
+    /// Changes a receiver's counters.
+    pub fn receiver(&self, name: &str, change: impl FnOnce(&mut ReceiverCounts)) {
+        let mut r = self.receivers.lock().expect("metrics lock");
+        match r.get_mut(name) {
+            Some(c) => change(c),
+            None => change(r.entry(name.to_owned()).or_default()),
+        }
+    }
+
+    /// A receiver's counters.
+    pub fn receiver_counts(&self, name: &str) -> ReceiverCounts {
+        let r = self.receivers.lock().expect("metrics lock");
+        r.get(name).copied().unwrap_or_default()
+    }
+
+    /// A push request ended.
+    pub fn push(&self, outcome: PushOutcome) {
+        *self
+            .push
+            .lock()
+            .expect("metrics lock")
+            .entry(outcome)
+            .or_default() += 1;
+        if outcome == PushOutcome::BadEnvelope {
+            self.pipeline.lock().expect("metrics lock").bad_envelopes += 1;
+        }
+    }
+
+    /// Seconds since the last message, `None` before the first.
+    pub fn last_message_age(&self) -> Option<f64> {
+        match self.last_message_ms.load(Relaxed) {
+            0 => None,
+            ms => Some((chrono::Utc::now().timestamp_millis() - ms).max(0) as f64 / 1000.0),
+        }
+    }
+
+    /// The Prometheus text exposition format, version 0.0.4.
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(4096);
+        let mut family = |name: &str, kind: &str, help: &str, samples: &[(String, String)]| {
+            let _ = writeln!(
+                out,
+                "# HELP schedwatch_{name} {help}\n# TYPE schedwatch_{name} {kind}"
+            );
+            for (labels, value) in samples {
+                let _ = writeln!(out, "schedwatch_{name}{labels} {value}");
+            }
+        };
+        let one = |v: u64| vec![(String::new(), v.to_string())];
+        let get = |a: &AtomicU64| a.load(Relaxed);
+
+        family(
+            "messages_received_total",
+            "counter",
+            "Messages received from Pub/Sub (pulled or pushed).",
+            &one(get(&self.received)),
+        );
+        family(
+            "messages_acked_total",
+            "counter",
+            "Messages acked after their effect was committed.",
+            &one(get(&self.acked)),
+        );
+        family(
+            "messages_nacked_total",
+            "counter",
+            "Messages handed back for redelivery (a failed commit, a shutdown).",
+            &one(get(&self.nacked)),
+        );
+        let (skipped, duplicates, alerts) = {
+            let p = self.pipeline.lock().expect("metrics lock");
+            let mut skipped: Vec<(String, String)> = p
+                .skipped
+                .iter()
+                .map(|(reason, n)| (label("reason", reason), n.to_string()))
+                .collect();
+            if p.bad_envelopes > 0 {
+                skipped.push((
+                    label("reason", "bad push envelope"),
+                    p.bad_envelopes.to_string(),
+                ));
+            }
+            let alerts: Vec<(String, String)> = ["firing", "repeat", "resolved"]
+                .iter()
+                .map(|e| {
+                    (
+                        label("event", e),
+                        p.alerts.get(e).copied().unwrap_or(0).to_string(),
+                    )
+                })
+                .collect();
+            (skipped, p.duplicates, alerts)
+        };
+        family(
+            "messages_skipped_total",
+            "counter",
+            "Messages skipped, by reason (malformed, not a Cloud Scheduler entry, ...).",
+            &skipped,
+        );
+        family(
+            "messages_duplicate_total",
+            "counter",
+            "Log entries seen before (same logName, insertId, timestamp), counted once.",
+            &one(duplicates),
+        );
+        family(
+            "incidents_open",
+            "gauge",
+            "Incidents open now.",
+            &one(get(&self.incidents_open)),
+        );
+        family("alerts_total", "counter", "Alerts made, by event.", &alerts);
+
+        let receivers: Vec<(String, ReceiverCounts)> = self
+            .receivers
+            .lock()
+            .expect("metrics lock")
+            .iter()
+            .map(|(n, c)| (label("receiver", n), *c))
+            .collect();
+        let per = |f: fn(&ReceiverCounts) -> String| -> Vec<(String, String)> {
+            receivers.iter().map(|(l, c)| (l.clone(), f(c))).collect()
+        };
+        family(
+            "notifications_sent_total",
+            "counter",
+            "Alerts a receiver accepted.",
+            &per(|c| c.sent.to_string()),
+        );
+        family(
+            "notifications_failed_total",
+            "counter",
+            "Alerts a receiver refused for good (not retried).",
+            &per(|c| c.failed.to_string()),
+        );
+        family(
+            "notifications_retries_total",
+            "counter",
+            "Delivery attempts that failed and were retried.",
+            &per(|c| c.retries.to_string()),
+        );
+        family(
+            "notifications_retrying",
+            "gauge",
+            "Alerts waiting for a delivery retry now.",
+            &per(|c| c.retrying.to_string()),
+        );
+
+        let age = self
+            .last_message_age()
+            .map_or_else(|| "NaN".to_owned(), |s| format!("{s:.3}"));
+        family(
+            "last_message_age_seconds",
+            "gauge",
+            "Seconds since the last message was received (NaN before the first).",
+            &[(String::new(), age)],
+        );
+        family(
+            "scheduler_api_lookups_total",
+            "counter",
+            "Job configs read from the Cloud Scheduler API.",
+            &one(get(&self.api_lookups)),
+        );
+        family(
+            "scheduler_api_errors_total",
+            "counter",
+            "Cloud Scheduler API reads that failed.",
+            &one(get(&self.api_errors)),
+        );
+        family(
+            "store_commits_total",
+            "counter",
+            "State store commits.",
+            &one(get(&self.commits)),
+        );
+        family(
+            "store_commit_failures_total",
+            "counter",
+            "State store commits that failed (their messages come back).",
+            &one(get(&self.commit_failures)),
+        );
+        family(
+            "pubsub_streams_connected",
+            "gauge",
+            "Subscription streams open now (not ended by a permanent error).",
+            &[(
+                String::new(),
+                self.streams_connected.load(Relaxed).to_string(),
+            )],
+        );
+        family(
+            "pubsub_endpoint_reachable",
+            "gauge",
+            "1 when the Pub/Sub endpoint accepted a connection at the last probe (every 5 s).",
+            &one(get(&self.pubsub_reachable)),
+        );
+        let push: Vec<(String, String)> = self
+            .push
+            .lock()
+            .expect("metrics lock")
+            .iter()
+            .map(|(o, n)| (label("outcome", o.label()), n.to_string()))
+            .collect();
+        family(
+            "push_requests_total",
+            "counter",
+            "Push requests, by outcome.",
+            &push,
+        );
+        out
+    }
+}
+
+/// `{name="value"}`, the value escaped as the text format requires.
+fn label(name: &str, value: &str) -> String {
+    let mut escaped = String::with_capacity(value.len());
+    for c in value.chars() {
+        match c {
+            '\\' => escaped.push_str("\\\\"),
+            '"' => escaped.push_str("\\\""),
+            '\n' => escaped.push_str("\\n"),
+            c => escaped.push(c),
+        }
+    }
+    format!("{{{name}=\"{escaped}\"}}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_the_text_format_with_escaped_labels() {
+        let m = Metrics::default();
+        m.message_received();
+        m.receiver("ops \"slack\"\n", |c| c.sent += 2);
+        m.push(PushOutcome::BadEnvelope);
+        let text = m.render();
+        assert!(
+            text.contains("\nschedwatch_messages_received_total 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "schedwatch_notifications_sent_total{receiver=\"ops \\\"slack\\\"\\n\"} 2\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("schedwatch_messages_skipped_total{reason=\"bad push envelope\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("schedwatch_push_requests_total{outcome=\"bad_envelope\"} 1\n"),
+            "{text}"
+        );
+        // Every sample line belongs to a family declared just before it.
+        let mut declared = std::collections::HashSet::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                declared.insert(rest.split(' ').next().unwrap().to_owned());
+            } else if !line.starts_with('#') {
+                let name = line.split(['{', ' ']).next().unwrap();
+                assert!(declared.contains(name), "{line}");
+            }
+        }
+    }
+}
