@@ -210,7 +210,7 @@ impl Metrics {
                 .collect();
             if p.bad_envelopes > 0 {
                 skipped.push((
-                    label("reason", "bad push envelope"),
+                    label("reason", "bad_push_envelope"),
                     p.bad_envelopes.to_string(),
                 ));
             }
@@ -381,7 +381,7 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("schedwatch_messages_skipped_total{reason=\"bad push envelope\"} 1\n"),
+            text.contains("schedwatch_messages_skipped_total{reason=\"bad_push_envelope\"} 1\n"),
             "{text}"
         );
         assert!(

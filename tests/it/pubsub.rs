@@ -8,243 +8,18 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 use crate::common::emulator::{Emulator, Publish};
+use crate::common::service::{
+    assert_clean_exit, by_job, expected, lines_of, read_alerts, tail, Start, PROJECT,
+};
 use crate::common::{self, projection};
 
-const PROJECT: &str = "acme-ops";
 const TOPIC: &str = "scheduler-logs";
 const SUB: &str = "schedwatch";
-
-fn subscription(sub: &str) -> String {
-    format!("projects/{PROJECT}/subscriptions/{sub}")
-}
-
-/// One `schedwatch run` process; its stdout and stderr go to files in `dir` (kept after a
-/// kill -9, numbered per start).
-struct Service {
-    child: Child,
-    out: PathBuf,
-    err: PathBuf,
-}
-
-/// How to start schedwatch.
-struct Start<'a> {
-    emulator: &'a Emulator,
-    sub: &'a str,
-    jobs: Option<&'a Path>,
-    state: &'a Path,
-    config: Option<&'a Path>,
-    /// Where the output files go; `n` numbers them.
-    dir: &'a Path,
-    n: usize,
-}
-
-impl Start<'_> {
-    fn spawn(&self) -> Service {
-        let out = self.dir.join(format!("stdout.{}.ndjson", self.n));
-        let err = self.dir.join(format!("stderr.{}.log", self.n));
-        let mut cmd = common::bin();
-        cmd.arg("run")
-            .arg("--subscription")
-            .arg(subscription(self.sub))
-            .arg("--state")
-            .arg(self.state)
-            .arg("--format")
-            .arg("json");
-        if let Some(jobs) = self.jobs {
-            cmd.arg("--jobs").arg(jobs);
-        }
-        if let Some(config) = self.config {
-            cmd.arg("--config").arg(config);
-        }
-        let child = cmd
-            .env("PUBSUB_EMULATOR_HOST", self.emulator.host())
-            .env("SCHEDWATCH_LOG", "schedwatch=trace,info")
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&out).unwrap())
-            .stderr(std::fs::File::create(&err).unwrap())
-            .spawn()
-            .expect("schedwatch starts");
-        Service { child, out, err }
-    }
-}
-
-impl Service {
-    /// The alerts printed so far (complete lines only: a kill -9 may cut the last one).
-    fn alerts(&self) -> Vec<Value> {
-        read_alerts(&self.out)
-    }
-
-    fn stderr(&self) -> String {
-        std::fs::read_to_string(&self.err).unwrap_or_default()
-    }
-
-    /// Waits until `done(alerts)` holds; panics with stderr after `timeout`.
-    fn wait_for(
-        &mut self,
-        what: &str,
-        timeout: Duration,
-        done: impl Fn(&[Value]) -> bool,
-    ) -> Vec<Value> {
-        let end = Instant::now() + timeout;
-        loop {
-            let alerts = self.alerts();
-            if done(&alerts) {
-                return alerts;
-            }
-            if let Some(status) = self.child.try_wait().unwrap() {
-                panic!(
-                    "schedwatch exited ({status}) before {what}; alerts {:?}\nstderr:\n{}",
-                    projection(&alerts),
-                    tail(&self.stderr())
-                );
-            }
-            if Instant::now() > end {
-                panic!(
-                    "no {what} within {timeout:?}; alerts so far {:?}\nstderr:\n{}",
-                    projection(&alerts),
-                    tail(&self.stderr())
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// Waits until stderr has `n` lines containing `needle`.
-    fn wait_for_log(&mut self, needle: &str, n: usize, timeout: Duration) {
-        let end = Instant::now() + timeout;
-        while self.stderr().matches(needle).count() < n {
-            assert!(
-                self.child.try_wait().unwrap().is_none(),
-                "schedwatch exited before logging {needle:?} {n} times:\n{}",
-                tail(&self.stderr())
-            );
-            assert!(
-                Instant::now() < end,
-                "schedwatch did not log {needle:?} {n} times within {timeout:?}:\n{}",
-                tail(&self.stderr())
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// SIGTERM, then waits for the exit (15 s at most: the 10 s deadline and some).
-    fn terminate(mut self) -> (ExitStatus, String) {
-        let pid = self.child.id().to_string();
-        let sent = std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap();
-        assert!(sent.success(), "kill -TERM {pid}");
-        let end = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return (status, self.stderr());
-            }
-            if Instant::now() > end {
-                let _ = self.child.kill();
-                panic!(
-                    "schedwatch did not exit within 15 s of SIGTERM:\n{}",
-                    tail(&self.stderr())
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// SIGKILL: no shutdown work at all.
-    fn kill9(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn read_alerts(path: &Path) -> Vec<Value> {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let complete = match text.rfind('\n') {
-        Some(end) => &text[..=end],
-        None => "",
-    };
-    complete
-        .lines()
-        .filter(|l| l.starts_with('{'))
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
-        .collect()
-}
-
-fn tail(text: &str) -> String {
-    let lines: Vec<&str> = text.lines().filter(|l| !l.contains(" TRACE ")).collect();
-    lines[lines.len().saturating_sub(40)..].join("\n")
-}
-
-/// A successful exit after SIGTERM, with the run summary on stderr.
-fn assert_clean_exit((status, stderr): (ExitStatus, String)) -> String {
-    assert!(
-        status.success(),
-        "exit {status} after SIGTERM:\n{}",
-        tail(&stderr)
-    );
-    assert!(
-        stderr.contains("entries read"),
-        "no run summary on stderr:\n{}",
-        tail(&stderr)
-    );
-    stderr
-}
-
-/// `lines` of a file as byte vectors, blank lines dropped.
-fn lines_of(path: &Path) -> Vec<Vec<u8>> {
-    std::fs::read(path)
-        .unwrap()
-        .split(|b| *b == b'\n')
-        .filter(|l| !l.iter().all(u8::is_ascii_whitespace))
-        .map(<[u8]>::to_vec)
-        .collect()
-}
-
-/// Alerts grouped by job, in order within each job: what ordering keys guarantee.
-fn by_job(
-    alerts: &[(String, String, String, u64)],
-) -> BTreeMap<String, Vec<(String, String, u64)>> {
-    let mut map: BTreeMap<String, Vec<(String, String, u64)>> = BTreeMap::new();
-    for (job, event, code, count) in alerts {
-        map.entry(job.clone())
-            .or_default()
-            .push((event.clone(), code.clone(), *count));
-    }
-    map
-}
-
-/// An example's `expected.json` alerts as projections.
-fn expected(example: &Path) -> Vec<(String, String, String, u64)> {
-    let expected: Value =
-        serde_json::from_slice(&std::fs::read(example.join("expected.json")).unwrap()).unwrap();
-    expected["alerts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| {
-            (
-                a["job"].as_str().unwrap().to_owned(),
-                a["event"].as_str().unwrap().to_owned(),
-                a["code"].as_str().unwrap().to_owned(),
-                a["count"].as_u64().unwrap(),
-            )
-        })
-        .collect()
-}
 
 fn topic_and_ordered_subscription(emu: &Emulator, sub: &str) {
     emu.create_topic(PROJECT, TOPIC);
@@ -282,6 +57,7 @@ fn every_shared_example_published_to_the_subscription_gives_its_expected_alerts(
             config: None,
             dir: dir.path(),
             n: 0,
+            args: &[],
         }
         .spawn();
         let entries = lines_of(&example.join("logs.ndjson")).len();
@@ -368,6 +144,7 @@ fn a_restart_carries_incidents_on_no_second_firing_and_a_later_success_resolves(
         config: None,
         dir: dir.path(),
         n,
+        args: &[],
     };
 
     // The failures: one firing alert.
@@ -451,6 +228,7 @@ fn messages_not_acked_before_a_crash_are_processed_once_after_the_restart() {
         config: Some(&slow),
         dir: dir.path(),
         n: 0,
+        args: &[],
     }
     .spawn();
     crashing.wait_for_log("received", lines.len(), Duration::from_secs(60));
@@ -470,6 +248,7 @@ fn messages_not_acked_before_a_crash_are_processed_once_after_the_restart() {
         config: None,
         dir: dir.path(),
         n: 1,
+        args: &[],
     }
     .spawn();
     let got = again.wait_for(
@@ -513,6 +292,7 @@ fn poison_messages_are_acked_counted_and_never_block_the_stream() {
         config: None,
         dir: dir.path(),
         n: 0,
+        args: &[],
     }
     .spawn();
     service.wait_for("the seed case's two alerts", Duration::from_secs(60), |a| {
@@ -559,6 +339,7 @@ fn an_emulator_restart_mid_run_is_survived() {
         config: None,
         dir: dir.path(),
         n: 0,
+        args: &[],
     }
     .spawn();
     service.wait_for("the firing alert", Duration::from_secs(60), |a| {
@@ -678,6 +459,7 @@ fn kill_9_at_random_moments_loses_nothing_and_matches_a_clean_run() {
         config: Some(&config),
         dir: dir.path(),
         n,
+        args: &[],
     };
 
     // Kill -9 at pseudo-random moments (a fixed seed: the same moments every run), restart
@@ -798,6 +580,7 @@ fn an_exactly_once_subscription_gets_confirmed_acks() {
         config: None,
         dir: dir.path(),
         n: 0,
+        args: &[],
     }
     .spawn();
     service.wait_for_log("received", lines.len(), Duration::from_secs(60));

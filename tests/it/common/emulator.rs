@@ -550,7 +550,8 @@ fn launcher() -> PathBuf {
 }
 
 /// A port nothing listens on right now (bound, read, released).
-fn free_port() -> u16 {
+/// A port nothing listens on now.
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .expect("bind 127.0.0.1:0")
         .local_addr()
@@ -599,6 +600,18 @@ pub fn http(
     body: Option<&[u8]>,
     timeout: Duration,
 ) -> io::Result<Reply> {
+    http_with(host, method, path, &[], body, timeout)
+}
+
+/// [`http`] with more request headers.
+pub fn http_with(
+    host: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+    timeout: Duration,
+) -> io::Result<Reply> {
     let addr: SocketAddr = host
         .parse()
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("{host}: {e}")))?;
@@ -606,6 +619,9 @@ pub fn http(
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nAccept: application/json\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        req.push_str(&format!("{name}: {value}\r\n"));
+    }
     if let Some(b) = body {
         req.push_str(&format!(
             "Content-Type: application/json\r\nContent-Length: {}\r\n",

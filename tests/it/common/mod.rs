@@ -4,6 +4,7 @@
 
 pub mod emulator;
 pub mod http;
+pub mod service;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
