@@ -240,12 +240,12 @@ struct Envelope {
     message: PushedMessage,
 }
 
+/// The message in an envelope. (Envelopes carry `messageId` and `message_id` both; one is read.)
 #[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
 struct PushedMessage {
     #[serde(default)]
     data: String,
-    #[serde(default, alias = "message_id")]
+    #[serde(default, rename = "messageId")]
     message_id: String,
 }
 
@@ -337,5 +337,67 @@ impl PushReceiver {
             Ok(Err(_)) => Answer::Unavailable("not committed; send it again".into()),
             Err(_) => Answer::Unavailable(format!("not committed within {:?}", self.wait)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shared_fixture(name: &str) -> Vec<u8> {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../shared/fixtures/pubsub")
+            .join(name);
+        std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    }
+
+    #[tokio::test]
+    async fn the_envelope_reaches_the_processor_and_is_answered_after_its_ack() {
+        let (tx, mut rx) = mpsc::channel(1);
+        let push = PushReceiver::new(None, tx, Duration::from_secs(5));
+        let body = shared_fixture("push_envelope_401.json");
+        let processor = tokio::spawn(async move {
+            let m = rx.recv().await.unwrap();
+            let entry: serde_json::Value = serde_json::from_slice(&m.data).unwrap();
+            assert_eq!(entry["httpRequest"]["status"], 401);
+            assert_eq!(m.message_id, "11873264598812345");
+            m.ack.ack(&tokio::runtime::Handle::current());
+            // Dropped unacked: the request is answered 503 and Pub/Sub sends it again.
+            let m = rx.recv().await.unwrap();
+            drop(m);
+        });
+        assert_eq!(push.handle(None, &body).await, Answer::Acked);
+        assert!(matches!(
+            push.handle(None, &body).await,
+            Answer::Unavailable(_)
+        ));
+        processor.await.unwrap();
+        assert!(matches!(push.handle(None, b"{}").await, Answer::Skipped(_)));
+        assert!(matches!(
+            push.handle(None, br#"{"message": {"data": "not base64!"}}"#)
+                .await,
+            Answer::Skipped(_)
+        ));
+    }
+
+    #[test]
+    fn token_checks_are_required_unless_explicitly_waived() {
+        assert!(PushConfig::default().validate().is_err());
+        let waived = PushConfig {
+            allow_unauthenticated: true,
+            ..PushConfig::default()
+        };
+        assert!(waived.validate().is_ok());
+        let checked = PushConfig {
+            audience: Some("https://schedwatch.example/pubsub/push".into()),
+            service_account: Some("push@p.iam.gserviceaccount.com".into()),
+            ..PushConfig::default()
+        };
+        assert!(checked.validate().is_ok());
+        let no_account = PushConfig {
+            service_account: None,
+            ..checked
+        };
+        assert!(no_account.validate().is_err());
     }
 }

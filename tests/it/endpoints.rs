@@ -49,9 +49,15 @@ pub fn scrape(address: &str) -> BTreeMap<String, f64> {
 }
 
 /// Polls until `done` holds for `what`; panics with the service's log after `timeout`.
-pub fn eventually(service: &Service, what: &str, timeout: Duration, done: impl Fn() -> bool) {
+pub fn eventually(service: &mut Service, what: &str, timeout: Duration, done: impl Fn() -> bool) {
     let end = Instant::now() + timeout;
     while !done() {
+        if let Some(status) = service.child.try_wait().unwrap() {
+            panic!(
+                "schedwatch exited ({status}) before {what}\n{}",
+                tail(&service.stderr())
+            );
+        }
         assert!(
             Instant::now() < end,
             "not {what} within {timeout:?}\n{}",
@@ -80,7 +86,7 @@ fn endpoints_follow_the_run_and_the_counters_move_as_messages_flow() {
         ),
     );
     let mut service = Start {
-        emulator: &emu,
+        emulator: Some(&emu),
         sub: "endpoints",
         jobs: Some(&example.join("jobs")),
         state: &dir.path().join("state"),
@@ -91,7 +97,7 @@ fn endpoints_follow_the_run_and_the_counters_move_as_messages_flow() {
     }
     .spawn();
 
-    eventually(&service, "ready", Duration::from_secs(30), || {
+    eventually(&mut service, "ready", Duration::from_secs(30), || {
         get(&address, "/readyz").0 == 200
     });
     assert_eq!(get(&address, "/healthz"), (200, "ok\n".to_owned()));
@@ -110,14 +116,14 @@ fn endpoints_follow_the_run_and_the_counters_move_as_messages_flow() {
     });
     let n = lines.len() as f64;
     eventually(
-        &service,
+        &mut service,
         "every message acked",
         Duration::from_secs(30),
         || scrape(&address)["schedwatch_messages_acked_total"] == n,
     );
     // Deliveries are recorded a moment after the alert is printed.
     eventually(
-        &service,
+        &mut service,
         "every alert delivered",
         Duration::from_secs(30),
         || {
@@ -159,7 +165,7 @@ fn endpoints_follow_the_run_and_the_counters_move_as_messages_flow() {
     let emulator_port = emu.port();
     emu.stop();
     eventually(
-        &service,
+        &mut service,
         "unready without Pub/Sub",
         Duration::from_secs(20),
         || get(&address, "/readyz").0 == 503,
@@ -175,7 +181,7 @@ fn endpoints_follow_the_run_and_the_counters_move_as_messages_flow() {
     let emu = Emulator::start_on(emulator_port);
     emu.create_topic(PROJECT, TOPIC);
     emu.create_subscription(PROJECT, "endpoints", TOPIC, 10, false);
-    eventually(&service, "ready again", Duration::from_secs(60), || {
+    eventually(&mut service, "ready again", Duration::from_secs(60), || {
         get(&address, "/readyz").0 == 200
     });
 

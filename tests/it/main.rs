@@ -10,6 +10,7 @@ mod examples;
 mod fixes;
 mod properties;
 mod pubsub;
+mod push;
 mod receivers;
 mod scenarios;
 mod scheduler_api;

@@ -50,7 +50,7 @@ fn every_shared_example_published_to_the_subscription_gives_its_expected_alerts(
         let dir = tempfile::tempdir().unwrap();
         let want = expected(example);
         let mut service = Start {
-            emulator: &emu,
+            emulator: Some(&emu),
             sub: &sub,
             jobs: Some(&example.join("jobs")),
             state: &dir.path().join("state"),
@@ -137,7 +137,7 @@ fn a_restart_carries_incidents_on_no_second_firing_and_a_later_success_resolves(
     let state = dir.path().join("state");
     let jobs = ex.join("jobs");
     let start = |n| Start {
-        emulator: &emu,
+        emulator: Some(&emu),
         sub: SUB,
         jobs: Some(&jobs),
         state: &state,
@@ -221,7 +221,7 @@ fn messages_not_acked_before_a_crash_are_processed_once_after_the_restart() {
         "[state]\ncommit_interval = \"60s\"\ncommit_max_messages = 100000\n",
     );
     let mut crashing = Start {
-        emulator: &emu,
+        emulator: Some(&emu),
         sub: SUB,
         jobs: None,
         state: &state,
@@ -241,7 +241,7 @@ fn messages_not_acked_before_a_crash_are_processed_once_after_the_restart() {
 
     // After the ack deadline (10 s) the messages come back; each counts once.
     let mut again = Start {
-        emulator: &emu,
+        emulator: Some(&emu),
         sub: SUB,
         jobs: None,
         state: &state,
@@ -285,7 +285,7 @@ fn poison_messages_are_acked_counted_and_never_block_the_stream() {
     emu.publish_log_entries(PROJECT, TOPIC, &lines);
     let dir = tempfile::tempdir().unwrap();
     let mut service = Start {
-        emulator: &emu,
+        emulator: Some(&emu),
         sub: SUB,
         jobs: Some(&ex.join("jobs")),
         state: &dir.path().join("state"),
@@ -332,7 +332,7 @@ fn an_emulator_restart_mid_run_is_survived() {
     let jobs = ex.join("jobs");
     let state = dir.path().join("state");
     let mut service = Start {
-        emulator: &emu,
+        emulator: Some(&emu),
         sub: SUB,
         jobs: Some(&jobs),
         state: &state,
@@ -452,7 +452,7 @@ fn kill_9_at_random_moments_loses_nothing_and_matches_a_clean_run() {
         .collect();
     let state = dir.path().join("state");
     let start = |n| Start {
-        emulator: &emu,
+        emulator: Some(&emu),
         sub: SUB,
         jobs: None,
         state: &state,
@@ -573,7 +573,7 @@ fn an_exactly_once_subscription_gets_confirmed_acks() {
     emu.publish_log_entries(PROJECT, TOPIC, &lines);
     let dir = tempfile::tempdir().unwrap();
     let mut service = Start {
-        emulator: &emu,
+        emulator: Some(&emu),
         sub: SUB,
         jobs: None,
         state: &dir.path().join("state"),

@@ -300,6 +300,28 @@ impl Emulator {
         );
     }
 
+    /// `PUT /v1/projects/P/subscriptions/S` on topic `T`, push delivery to `endpoint`.
+    pub fn create_push_subscription(
+        &self,
+        project: &str,
+        sub: &str,
+        topic: &str,
+        endpoint: &str,
+        ordering: bool,
+    ) {
+        let body = json!({
+            "topic": format!("projects/{project}/topics/{topic}"),
+            "ackDeadlineSeconds": 10,
+            "enableMessageOrdering": ordering,
+            "pushConfig": {"pushEndpoint": endpoint},
+        });
+        self.call_ok(
+            "PUT",
+            &format!("/v1/projects/{project}/subscriptions/{sub}"),
+            Some(&body),
+        );
+    }
+
     /// Publishes `messages` in order, up to 1,000 (and about 7 MB) per request; returns their
     /// message ids in the same order.
     pub fn publish(&self, project: &str, topic: &str, messages: &[Publish]) -> Vec<String> {

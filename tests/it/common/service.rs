@@ -24,7 +24,8 @@ pub struct Service {
 
 /// How to start schedwatch.
 pub struct Start<'a> {
-    pub emulator: &'a Emulator,
+    /// The emulator the process pulls from, if any (`PUBSUB_EMULATOR_HOST`).
+    pub emulator: Option<&'a Emulator>,
     /// The subscription id; empty: no `--subscription` (push mode, or the config's).
     pub sub: &'a str,
     pub jobs: Option<&'a Path>,
@@ -59,7 +60,10 @@ impl Start<'_> {
             cmd.arg("--config").arg(config);
         }
         let child = cmd
-            .env("PUBSUB_EMULATOR_HOST", self.emulator.host())
+            .env(
+                "PUBSUB_EMULATOR_HOST",
+                self.emulator.map(Emulator::host).unwrap_or_default(),
+            )
             .env("SCHEDWATCH_LOG", "schedwatch=trace,info")
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&out).unwrap())
