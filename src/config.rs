@@ -464,4 +464,26 @@ mod tests {
         let e = parse("[[receivers]]\nname = \"a\"\n").unwrap_err();
         assert!(e.to_string().contains("no destination"), "{e}");
     }
+
+    #[test]
+    fn deployment_sections_parse_and_their_mistakes_name_the_line() {
+        let c = parse("[server]\nlisten = \"0.0.0.0:8080\"\n[log]\nformat = \"json\"\n[source.push]\naudience = \"https://a.example/pubsub/push\"\nservice_account = \"p@x.iam.gserviceaccount.com\"\n")
+            .unwrap()
+            .config;
+        assert_eq!(c.server.listen, Some("0.0.0.0:8080".parse().unwrap()));
+        assert_eq!(c.log.format, crate::logging::LogFormat::Json);
+        let push = c.source.push.unwrap().into_inner();
+        assert_eq!(push.jwks_url, crate::source::push::GOOGLE_JWKS);
+        assert!(!push.allow_unauthenticated);
+
+        let e = parse("[server]\nlisten = \"8080\"\n").unwrap_err();
+        assert_eq!(e.line, Some(2), "{e}");
+        let e = parse("# push\n[source.push]\naudience = \"https://a.example\"\n").unwrap_err();
+        assert_eq!(e.line, Some(2), "{e}");
+        assert!(e.to_string().contains("service_account"), "{e}");
+        let e = parse("[source]\nsubscription = \"projects/p/subscriptions/sub\"\n[source.push]\nallow_unauthenticated = true\n").unwrap_err();
+        assert_eq!(e.line, Some(3), "{e}");
+        let e = parse("[log]\nformat = \"yaml\"\n").unwrap_err();
+        assert_eq!(e.line, Some(2), "{e}");
+    }
 }

@@ -380,6 +380,43 @@ mod tests {
         ));
     }
 
+    #[tokio::test]
+    async fn unreadable_keys_are_our_fault_not_the_callers() {
+        let pem = std::fs::read(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/data/push/signer.pem"),
+        )
+        .unwrap();
+        let mut header = jsonwebtoken::Header::new(Algorithm::RS256);
+        header.kid = Some("schedwatch-test-1".into());
+        let claims = serde_json::json!({"aud": "a", "iss": "https://accounts.google.com", "exp": 4_000_000_000u64});
+        let token = jsonwebtoken::encode(
+            &header,
+            &claims,
+            &jsonwebtoken::EncodingKey::from_rsa_pem(&pem).unwrap(),
+        )
+        .unwrap();
+        // Port 9 (discard) on loopback: nothing listens, the connection is refused.
+        let verifier = TokenVerifier::new(PushConfig {
+            audience: Some("a".into()),
+            service_account: Some("s@p.iam.gserviceaccount.com".into()),
+            jwks_url: "http://127.0.0.1:9/certs".into(),
+            ..PushConfig::default()
+        })
+        .unwrap();
+        let (tx, _rx) = mpsc::channel(1);
+        let push = PushReceiver::new(Some(verifier), tx, Duration::from_secs(1));
+        let auth = format!("Bearer {token}");
+        // 503: Pub/Sub sends the message again once the keys can be read.
+        assert!(matches!(
+            push.handle(Some(&auth), b"{}").await,
+            Answer::Unavailable(reason) if reason.contains("signing keys")
+        ));
+        assert!(matches!(
+            push.handle(None, b"{}").await,
+            Answer::Unauthorized(_)
+        ));
+    }
+
     #[test]
     fn token_checks_are_required_unless_explicitly_waived() {
         assert!(PushConfig::default().validate().is_err());

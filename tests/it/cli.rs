@@ -222,3 +222,50 @@ fn the_readme_receivers_example_is_a_valid_config() {
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+#[test]
+fn logs_are_cloud_logging_json_on_cloud_run_and_text_on_request() {
+    let demo = common::root().join("config/demo.toml");
+    let demo = demo.to_str().unwrap();
+    // K_SERVICE is what Cloud Run sets: JSON by itself.
+    let out = common::bin()
+        .args(["run", "--config", demo, "--log", "info"])
+        .env("K_SERVICE", "schedwatch")
+        .env_remove("SCHEDWATCH_LOG_FORMAT")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let logs: Vec<serde_json::Value> = stderr(&out)
+        .lines()
+        .filter(|l| !l.starts_with("schedwatch run:")) // the summary is for people
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert!(!logs.is_empty());
+    for entry in &logs {
+        assert_eq!(entry["severity"], "INFO", "{entry}");
+        assert!(entry["message"].is_string(), "{entry}");
+        assert!(entry["logging.googleapis.com/sourceLocation"]["file"].is_string());
+    }
+    assert!(
+        logs.iter()
+            .any(|e| e["message"] == "reading the file source" && e["source"].is_string()),
+        "{logs:?}"
+    );
+    // --log-format text wins over Cloud Run's default.
+    let out = common::bin()
+        .args([
+            "run",
+            "--config",
+            demo,
+            "--log",
+            "info",
+            "--log-format",
+            "text",
+        ])
+        .env("K_SERVICE", "schedwatch")
+        .output()
+        .unwrap();
+    let text = stderr(&out);
+    assert!(text.contains(" INFO reading the file source"), "{text}");
+    assert!(!text.contains("\"severity\""), "{text}");
+}
