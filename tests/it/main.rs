@@ -5,6 +5,7 @@ mod common;
 
 mod bad_input;
 mod cli;
+mod deploy_docs;
 mod endpoints;
 mod examples;
 mod fixes;
