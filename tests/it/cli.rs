@@ -269,3 +269,28 @@ fn logs_are_cloud_logging_json_on_cloud_run_and_text_on_request() {
     assert!(text.contains(" INFO reading the file source"), "{text}");
     assert!(!text.contains("\"severity\""), "{text}");
 }
+
+#[test]
+fn every_toml_block_in_the_readme_is_a_valid_config() {
+    let readme = std::fs::read_to_string(common::root().join("README.md")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut checked = 0;
+    let mut receivers = String::new();
+    for (n, block) in readme.split("```toml\n").skip(1).enumerate() {
+        let block = &block[..block.find("```").unwrap()];
+        // A routes fragment names the receivers of the example before it.
+        let text = if block.trim_start().starts_with("[[routes]]") {
+            format!("{receivers}\n{block}")
+        } else {
+            block.to_owned()
+        };
+        if block.contains("[[receivers]]") {
+            receivers = block.to_owned();
+        }
+        let cfg = common::write(dir.path(), &format!("readme-{n}.toml"), &text);
+        let out = run(&["check-config", cfg.to_str().unwrap()]);
+        assert!(out.status.success(), "{}\n{block}", stderr(&out));
+        checked += 1;
+    }
+    assert!(checked >= 3, "{checked} blocks");
+}
