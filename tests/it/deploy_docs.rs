@@ -7,7 +7,7 @@
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 
 use serde::de::value::{BorrowedStrDeserializer, Error as DeError, MapDeserializer};
 use serde::de::{
@@ -148,11 +148,6 @@ fn variables(command: &str) -> BTreeSet<String> {
 
 #[test]
 fn every_gcloud_command_in_the_deploy_guide_passes_the_real_gcloud_parser() {
-    let gcloud = Command::new("gcloud").arg("--version").output();
-    assert!(
-        gcloud.is_ok_and(|o| o.status.success()),
-        "the gcloud CLI must be installed (scripts/test installs google-cloud-cli)"
-    );
     let doc = read("docs/deploy.md");
     let (assignments, commands) = shell(&doc);
     let commands: Vec<String> = commands
@@ -192,50 +187,7 @@ fn every_gcloud_command_in_the_deploy_guide_passes_the_real_gcloud_parser() {
         "Dockerfile",
         "FROM scratch\nCOPY schedwatch /usr/local/bin/schedwatch\n",
     );
-    let config = tempfile::tempdir().unwrap();
-
-    // gcloud takes about a second to start: four threads.
-    let failures: Vec<String> = std::thread::scope(|s| {
-        let handles: Vec<_> = commands
-            .chunks(commands.len().div_ceil(4))
-            .map(|chunk| {
-                let (assignments, work, config) = (&assignments, work.path(), config.path());
-                s.spawn(move || {
-                    let mut bad = Vec::new();
-                    for c in chunk {
-                        let out = Command::new("sh")
-                            .arg("-c")
-                            .arg(format!("{assignments}\n{c}"))
-                            .current_dir(work)
-                            .env("CLOUDSDK_CONFIG", config)
-                            .env("CLOUDSDK_CORE_DISABLE_PROMPTS", "1")
-                            .env_remove("GOOGLE_APPLICATION_CREDENTIALS")
-                            .env_remove("CLOUDSDK_CORE_PROJECT")
-                            .env_remove("CLOUDSDK_AUTH_ACCESS_TOKEN_FILE")
-                            .stdin(Stdio::null())
-                            .output()
-                            .expect("sh runs");
-                        // Parsed and validated, then stopped for want of credentials: exit 1
-                        // and `gcloud auth login` advice. A flag error exits 2; a bad value in a
-                        // key=value flag, or a missing file, exits 1 with another message.
-                        let err = stderr(&out);
-                        if out.status.code() != Some(1) || !err.contains("gcloud auth login") {
-                            bad.push(format!(
-                                "{c}\n  -> exit {:?}: {}",
-                                out.status.code(),
-                                err.trim()
-                            ));
-                        }
-                    }
-                    bad
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().unwrap())
-            .collect()
-    });
+    let failures = common::gcloud_rejects(&assignments, &commands, work.path());
     assert!(
         failures.is_empty(),
         "gcloud rejects {} of {} commands in docs/deploy.md:\n{}",

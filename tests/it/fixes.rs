@@ -2,7 +2,6 @@
 //! as HCL (CONTRACT section 3), and none gives the advice DOMAIN.md rules out.
 
 use std::collections::BTreeSet;
-use std::process::Command;
 use std::sync::Arc;
 
 use schedwatch::correlate::{AuthSource, JobConfig, Lookup};
@@ -95,54 +94,8 @@ fn gcloud_commands(text: &str) -> Vec<String> {
         .collect()
 }
 
-/// Splits a command line as a POSIX shell would (the fixes use only single quotes).
-fn shell_words(cmd: &str) -> Vec<String> {
-    let mut words = Vec::new();
-    let mut cur = String::new();
-    let mut in_word = false;
-    let mut chars = cmd.chars();
-    while let Some(c) = chars.next() {
-        match c {
-            '\'' => {
-                in_word = true;
-                for q in chars.by_ref() {
-                    if q == '\'' {
-                        break;
-                    }
-                    cur.push(q);
-                }
-            }
-            '\\' => {
-                in_word = true;
-                if let Some(n) = chars.next() {
-                    cur.push(n);
-                }
-            }
-            c if c.is_whitespace() => {
-                if in_word {
-                    words.push(std::mem::take(&mut cur));
-                    in_word = false;
-                }
-            }
-            c => {
-                in_word = true;
-                cur.push(c);
-            }
-        }
-    }
-    if in_word {
-        words.push(cur);
-    }
-    words
-}
-
 #[test]
 fn every_gcloud_fix_passes_the_real_gcloud_parser() {
-    let which = Command::new("gcloud").arg("--version").output();
-    assert!(
-        which.is_ok_and(|o| o.status.success()),
-        "the gcloud CLI must be installed (.ci/run installs google-cloud-cli)"
-    );
     let commands: BTreeSet<String> = all_diagnoses()
         .iter()
         .flat_map(|d| gcloud_commands(&d.fix.gcloud))
@@ -152,45 +105,9 @@ fn every_gcloud_fix_passes_the_real_gcloud_parser() {
         "the grid covers many distinct commands: {}",
         commands.len()
     );
-    let config = tempfile::tempdir().unwrap();
     let commands: Vec<String> = commands.into_iter().collect();
-    // gcloud takes about a second to start: check on two threads.
-    let failures: Vec<String> = std::thread::scope(|s| {
-        let handles: Vec<_> = commands
-            .chunks(commands.len().div_ceil(2))
-            .map(|chunk| {
-                let cfg = config.path().to_owned();
-                s.spawn(move || {
-                    let mut bad = Vec::new();
-                    for cmd in chunk {
-                        let words = shell_words(cmd);
-                        let out = Command::new(&words[0])
-                            .args(&words[1..])
-                            .env("CLOUDSDK_CONFIG", &cfg)
-                            .env("CLOUDSDK_CORE_DISABLE_PROMPTS", "1")
-                            .env_remove("GOOGLE_APPLICATION_CREDENTIALS")
-                            .output()
-                            .expect("gcloud runs");
-                        // 2: a flag or argument error. 1 ("no active account"): parsed fine.
-                        if out.status.code() == Some(2) {
-                            bad.push(format!(
-                                "{cmd}\n  -> {}",
-                                String::from_utf8_lossy(&out.stderr)
-                                    .lines()
-                                    .find(|l| l.contains("ERROR"))
-                                    .unwrap_or("")
-                            ));
-                        }
-                    }
-                    bad
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().unwrap())
-            .collect()
-    });
+    let dir = tempfile::tempdir().unwrap();
+    let failures = crate::common::gcloud_rejects("", &commands, dir.path());
     assert!(
         failures.is_empty(),
         "gcloud rejects:\n{}",

@@ -81,3 +81,57 @@ pub fn write(dir: &Path, name: &str, text: impl AsRef<[u8]>) -> PathBuf {
     std::fs::write(&p, text).unwrap();
     p
 }
+
+/// The commands the real gcloud CLI does not accept, each with its exit code and message.
+///
+/// Each runs under `sh -c` after `prelude` (variable assignments), in `dir`, with an empty
+/// `CLOUDSDK_CONFIG`: no account, so nothing reaches Google. An accepted command is parsed and
+/// validated, then stops for want of credentials: exit 1 with `gcloud auth login` advice. A
+/// flag error exits 2; a bad value in a key=value flag, or a missing file, exits 1 with another
+/// message. gcloud takes about a second to start, so four run at once.
+pub fn gcloud_rejects(prelude: &str, commands: &[String], dir: &Path) -> Vec<String> {
+    let which = Command::new("gcloud").arg("--version").output();
+    assert!(
+        which.is_ok_and(|o| o.status.success()),
+        "the gcloud CLI must be installed (scripts/test installs google-cloud-cli)"
+    );
+    let config = tempfile::tempdir().unwrap();
+    std::thread::scope(|s| {
+        let handles: Vec<_> = commands
+            .chunks(commands.len().div_ceil(4).max(1))
+            .map(|chunk| {
+                let config = config.path();
+                s.spawn(move || {
+                    let mut bad = Vec::new();
+                    for c in chunk {
+                        let out = Command::new("sh")
+                            .arg("-c")
+                            .arg(format!("{prelude}\n{c}"))
+                            .current_dir(dir)
+                            .env("CLOUDSDK_CONFIG", config)
+                            .env("CLOUDSDK_CORE_DISABLE_PROMPTS", "1")
+                            .env_remove("GOOGLE_APPLICATION_CREDENTIALS")
+                            .env_remove("CLOUDSDK_CORE_PROJECT")
+                            .env_remove("CLOUDSDK_AUTH_ACCESS_TOKEN_FILE")
+                            .stdin(std::process::Stdio::null())
+                            .output()
+                            .expect("sh runs");
+                        let err = stderr(&out);
+                        if out.status.code() != Some(1) || !err.contains("gcloud auth login") {
+                            bad.push(format!(
+                                "{c}\n  -> exit {:?}: {}",
+                                out.status.code(),
+                                err.trim()
+                            ));
+                        }
+                    }
+                    bad
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
+    })
+}
