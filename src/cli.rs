@@ -64,7 +64,8 @@ pub struct RunArgs {
     #[arg(long)]
     pub jobs: Option<PathBuf>,
     /// The folder of the durable state (incidents, dedup keys, outbox); overrides `[state] dir`.
-    #[arg(long)]
+    /// The container image sets `SCHEDWATCH_STATE_DIR=/var/lib/schedwatch`, its volume.
+    #[arg(long, env = "SCHEDWATCH_STATE_DIR")]
     pub state: Option<PathBuf>,
     /// Adds a stdout receiver printing alerts in this format.
     #[arg(long, value_enum)]
