@@ -160,8 +160,12 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         .state
         .clone()
         .unwrap_or_else(|| resolve(&config.state.dir));
-    let store =
-        crate::store::EmbeddedStore::open(&state_dir, config.dedup.capacity).map_err(usage)?;
+    let store = match &config.state.postgres {
+        Some(pg) => crate::service::Backend::Postgres(pg.clone()),
+        None => crate::service::Backend::Embedded(
+            crate::store::EmbeddedStore::open(&state_dir, config.dedup.capacity).map_err(usage)?,
+        ),
+    };
     let pipeline = build_pipeline(&config, inventory.as_deref(), &runtime)?;
     let rebuild = {
         let (config, inventory, runtime) = (config.clone(), inventory.clone(), runtime.clone());

@@ -5,6 +5,7 @@
 //! file's folder. Every file in `config/` is parsed by a test.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
@@ -337,6 +338,21 @@ impl Loaded {
                 self.find("commit_"),
                 "state.commit_interval and state.commit_max_messages must be above 0".into(),
             ));
+        }
+        if let Some(pg) = &c.state.postgres {
+            if pg.url.is_none() {
+                return Err(self.error_at(
+                    self.find("[state.postgres]"),
+                    "[state.postgres] needs `url = { env = \"VAR\" }` or `{ file = \"PATH\" }`: postgres://USER@HOST:PORT/DATABASE".into(),
+                ));
+            }
+            if pg.pool_size == 0 || pg.outbox_lease < Duration::from_secs(5) {
+                return Err(self.error_at(
+                    self.find("pool_size").or(self.find("outbox_lease")),
+                    "state.postgres.pool_size must be at least 1 and outbox_lease at least 5s"
+                        .into(),
+                ));
+            }
         }
         if c.incidents.min_failures == 0 {
             return Err(self.error_at(

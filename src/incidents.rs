@@ -123,6 +123,23 @@ impl Incidents {
         self.open.insert(job, incident);
     }
 
+    /// Sets the job's incident as a shared store holds it (none: no open incident).
+    pub fn replace(&mut self, job: &JobKey, incident: Option<Incident>) {
+        match incident {
+            Some(i) => {
+                self.open.insert(job.clone(), i);
+            }
+            None => {
+                self.open.remove(job);
+            }
+        }
+    }
+
+    /// Forgets every incident (a shared store holds them between batches).
+    pub fn clear(&mut self) {
+        self.open.clear();
+    }
+
     /// An auth failure of `job`, diagnosed. Returns the transition and the incident after it.
     /// `first_key` names the incident if this failure opens one (the entry's dedup key).
     pub fn failure(

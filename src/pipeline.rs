@@ -110,6 +110,9 @@ pub struct Pipeline {
     scratch: Vec<Decoded>,
     /// What changed since the last [`Pipeline::take_changes`], when a store keeps the state.
     tracking: Option<Tracked>,
+    /// With a shared store: the dedup keys the store says are new this batch (the store, not
+    /// this process, decides what is a duplicate).
+    fresh: Option<std::collections::HashSet<u128>>,
     /// What was seen so far.
     pub stats: Stats,
 }
@@ -131,6 +134,7 @@ impl Pipeline {
             explained: FxHashMap::default(),
             scratch: Vec::new(),
             tracking: None,
+            fresh: None,
             stats: Stats::default(),
         }
     }
@@ -149,6 +153,20 @@ impl Pipeline {
         for key in &state.dedup_keys {
             self.dedup.insert(*key);
         }
+    }
+
+    /// For the next batch, with a shared store: the jobs' incidents as the store holds them
+    /// (locked), and the dedup keys it recorded as new. Entries with other keys are duplicates.
+    pub fn load_batch(
+        &mut self,
+        incidents: Vec<(JobKey, Option<crate::incidents::Incident>)>,
+        fresh: std::collections::HashSet<u128>,
+    ) {
+        self.incidents.clear();
+        for (job, incident) in incidents {
+            self.incidents.replace(&job, incident);
+        }
+        self.fresh = Some(fresh);
     }
 
     /// The changes since the last call, with `alerts` (the events they caused), ready to commit.
@@ -222,7 +240,12 @@ impl Pipeline {
     }
 
     fn attempt(&mut self, a: Attempt, out: &mut Vec<Alert>) {
-        if !self.dedup.insert(a.dedup_key) {
+        let new = match &mut self.fresh {
+            // Taken out: a second entry with the key in the same batch is a duplicate.
+            Some(fresh) => fresh.remove(&a.dedup_key),
+            None => self.dedup.insert(a.dedup_key),
+        };
+        if !new {
             self.stats.duplicates += 1;
             return;
         }

@@ -38,7 +38,9 @@ use crate::pipeline::Pipeline;
 use crate::source::pubsub::{self, PubsubConfig};
 use crate::source::push::{PushConfig, PushReceiver, TokenVerifier};
 use crate::source::Received;
-use crate::store::{Changes, EmbeddedStore, OutboxRow, Sent, StoreError};
+use crate::store::{
+    Changes, EmbeddedStore, OutboxRow, PostgresConfig, PostgresStore, Sent, StoreError,
+};
 
 /// `[state]` in the config file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -56,6 +58,10 @@ pub struct StateConfig {
     /// Run's grace period is 10 s). Messages not acked by then come back.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+    /// `[state.postgres]`: a PostgreSQL store shared by several replicas instead of the
+    /// embedded file.
+    #[serde(skip_serializing)]
+    pub postgres: Option<crate::store::PostgresConfig>,
 }
 
 impl Default for StateConfig {
@@ -67,6 +73,7 @@ impl Default for StateConfig {
             commit_interval: Duration::from_millis(5),
             commit_max_messages: 500,
             shutdown_timeout: Duration::from_secs(10),
+            postgres: None,
         }
     }
 }
@@ -87,12 +94,32 @@ pub enum Source {
 /// (and redelivered). Commits take milliseconds; this is for a store that is failing.
 const PUSH_WAIT: Duration = Duration::from_secs(30);
 
+/// Where the durable state is.
+pub enum Backend {
+    /// The embedded file: one replica.
+    Embedded(EmbeddedStore),
+    /// PostgreSQL, shared by the replicas; connected when the service starts.
+    Postgres(PostgresConfig),
+}
+
+/// The store in use.
+enum Store {
+    Embedded(EmbeddedStore),
+    Postgres(PostgresStore),
+}
+
+/// With a shared store, how often a replica renews its outbox leases, claims rows whose lease
+/// ran out, and reads the open-incident count (at most a third of the lease).
+const SHARED_TICK: Duration = Duration::from_secs(10);
+/// How often expired dedup keys are deleted from a shared store.
+const EXPIRE_INTERVAL: Duration = Duration::from_secs(600);
+
 /// Everything the service runs with.
 pub struct Service {
     /// The pipeline, restored from the store at start.
     pub pipeline: Pipeline,
     /// The durable state.
-    pub store: EmbeddedStore,
+    pub store: Backend,
     /// Pull or push.
     pub source: Source,
     /// Where the HTTP endpoints are served, if anywhere (push needs it).
@@ -109,6 +136,10 @@ pub struct Service {
 
 /// Runs until a signal: pulls (or takes pushes), processes, commits, acks, delivers.
 pub fn run(service: Service) -> anyhow::Result<()> {
+    let service_postgres = match &service.store {
+        Backend::Postgres(c) => Some(c.clone()),
+        Backend::Embedded(_) => None,
+    };
     let Service {
         mut pipeline,
         store,
@@ -134,12 +165,19 @@ pub fn run(service: Service) -> anyhow::Result<()> {
     let handle = runtime.handle().clone();
     let shutdown = CancellationToken::new();
 
-    // The pipeline carries on from the store: open incidents, recent dedup keys.
-    let stored = store.load()?;
-    metrics().commit(true);
-    pipeline.restore(&stored);
+    // The embedded store: the pipeline carries on from it (open incidents, recent dedup keys).
+    // A shared store is read batch by batch instead, and connected below.
+    let (store, outbox) = match store {
+        Backend::Embedded(store) => {
+            let stored = store.load()?;
+            metrics().commit(true);
+            pipeline.restore(&stored);
+            tracing::info!(open_incidents = stored.incidents.len(), dedup_keys = stored.dedup_keys.len(), outbox = stored.outbox.len(), store = %store.path().display(), "state loaded");
+            (Some(Store::Embedded(store)), stored.outbox)
+        }
+        Backend::Postgres(_) => (None, Vec::new()),
+    };
     pipeline.track_changes();
-    tracing::info!(open_incidents = stored.incidents.len(), dedup_keys = stored.dedup_keys.len(), outbox = stored.outbox.len(), store = %store.path().display(), "state loaded");
 
     let (mode, rx, push) = match &source {
         Source::Pull(source) => {
@@ -178,6 +216,16 @@ pub fn run(service: Service) -> anyhow::Result<()> {
         let app = crate::http::router(mode, push);
         runtime.spawn(crate::http::serve(listener, app, shutdown.clone()));
     }
+    // A shared store: connected (and migrated) now, retried until it answers — the endpoints
+    // say "not ready" meanwhile, and nothing is pulled or acked.
+    let store = match (store, &service_postgres) {
+        (Some(store), _) => store,
+        (None, Some(config)) => match runtime.block_on(connect_shared(config, &shutdown)) {
+            Some(pg) => Store::Postgres(pg),
+            None => return Ok(()),
+        },
+        (None, None) => unreachable!("a backend is chosen"),
+    };
 
     {
         let shutdown = shutdown.clone();
@@ -210,9 +258,13 @@ pub fn run(service: Service) -> anyhow::Result<()> {
                     last_progress: (Instant::now(), 0),
                     failed_deliveries: 0,
                     rebuild,
+                    backoff: Duration::ZERO,
+                    next_tick: Instant::now(),
+                    last_expiry: Instant::now(),
                 };
                 // Alerts a crash left undelivered go first.
-                p.deliver(stored.outbox);
+                p.deliver(outbox);
+                p.tick();
                 p.run(rx)
             }
         })?;
@@ -254,7 +306,7 @@ async fn wait_for_signal() {
 
 struct Processor {
     pipeline: Pipeline,
-    store: EmbeddedStore,
+    store: Store,
     state: StateConfig,
     handle: tokio::runtime::Handle,
     dispatcher: Dispatcher,
@@ -269,6 +321,44 @@ struct Processor {
     /// Deliveries a receiver refused for good.
     failed_deliveries: u64,
     rebuild: Box<dyn Fn() -> anyhow::Result<Pipeline> + Send>,
+    /// After a shared store failed: how long to wait before the next batch (redelivered
+    /// messages must not spin against a database that is down).
+    backoff: Duration,
+    /// When the shared store's lease and claim work is next due.
+    next_tick: Instant,
+    /// When expired dedup keys were last deleted.
+    last_expiry: Instant,
+}
+
+/// Connects to the shared store, retrying with backoff until it answers or a signal comes.
+async fn connect_shared(
+    config: &PostgresConfig,
+    shutdown: &CancellationToken,
+) -> Option<PostgresStore> {
+    let owner = format!(
+        "{}-{}",
+        std::env::var("HOSTNAME").unwrap_or_else(|_| "schedwatch".into()),
+        std::process::id()
+    );
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match PostgresStore::connect(config, owner.clone()).await {
+            Ok(pg) => {
+                metrics().commit(true);
+                tracing::info!(store = pg.describe(), replica = %owner, "shared state store connected");
+                return Some(pg);
+            }
+            Err(e) => {
+                metrics().commit(false);
+                tracing::error!("cannot reach the shared state store ({e}); retrying in {delay:?}");
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(10));
+    }
 }
 
 /// What the processor waited for.
@@ -284,7 +374,18 @@ impl Processor {
         loop {
             // Wait for a first message; meanwhile take the receivers' reports, and record
             // them once nothing else comes for a commit interval.
-            let idle = (!self.done.is_empty()).then_some(self.state.commit_interval);
+            let idle = match &self.store {
+                Store::Postgres(_) => Some(
+                    self.next_tick
+                        .saturating_duration_since(Instant::now())
+                        .min(if self.done.is_empty() {
+                            SHARED_TICK
+                        } else {
+                            self.state.commit_interval
+                        }),
+                ),
+                Store::Embedded(_) => (!self.done.is_empty()).then_some(self.state.commit_interval),
+            };
             let woken = self.handle.block_on(async {
                 tokio::select! {
                     m = rx.recv() => Woken::Message(m),
@@ -300,6 +401,7 @@ impl Processor {
                 }
                 Woken::Idle => {
                     self.commit(Vec::new());
+                    self.tick();
                     continue;
                 }
             };
@@ -320,6 +422,7 @@ impl Processor {
                 }
             }
             self.process(std::mem::take(&mut batch));
+            self.tick();
             self.log_progress();
         }
         // The pull tasks are gone: let deliveries in flight finish (half the shutdown
@@ -367,6 +470,10 @@ impl Processor {
     }
 
     fn process(&mut self, batch: Vec<Received>) {
+        if let Store::Postgres(pg) = &self.store {
+            let pg = pg.clone();
+            return self.process_shared(&pg, batch);
+        }
         let mut alerts = Vec::new();
         for m in &batch {
             self.pipeline.process_item(&m.data, &mut alerts);
@@ -395,6 +502,166 @@ impl Processor {
         }
     }
 
+    /// A batch against the shared store: the store says which entries are new and hands over
+    /// their jobs' incidents, locked; the pipeline runs; the changes and the new alerts are
+    /// committed in the same transaction; then the messages are acked.
+    fn process_shared(&mut self, pg: &PostgresStore, batch: Vec<Received>) {
+        if !self.backoff.is_zero() {
+            std::thread::sleep(self.backoff);
+        }
+        let mut decoded = Vec::with_capacity(batch.len());
+        for m in &batch {
+            self.pipeline.decode(&m.data, &mut decoded);
+        }
+        let mut keys = Vec::with_capacity(decoded.len());
+        let mut jobs = Vec::with_capacity(decoded.len());
+        for a in decoded.iter().flatten() {
+            keys.push(a.dedup_key);
+            jobs.push(a.job.clone());
+        }
+        let mut tx = match self.wait_shared(pg, pg.begin(&keys, &jobs)) {
+            Ok(tx) => tx,
+            Err(e) => return self.shared_failure(e, batch),
+        };
+        self.pipeline.load_batch(
+            std::mem::take(&mut tx.incidents),
+            std::mem::take(&mut tx.fresh),
+        );
+        let mut alerts = Vec::new();
+        for d in decoded {
+            self.pipeline.process(d, &mut alerts);
+        }
+        let mut changes = self.pipeline.take_changes(alerts);
+        changes.sent = std::mem::take(&mut self.done);
+        let done = changes.sent.clone();
+        let m = metrics();
+        match self.wait_shared(pg, pg.commit(tx, changes)) {
+            Ok(rows) => {
+                m.commit(true);
+                self.backoff = Duration::ZERO;
+                m.acked.fetch_add(batch.len() as u64, Relaxed);
+                for r in batch {
+                    r.ack.ack(&self.handle);
+                }
+                self.deliver(rows);
+            }
+            Err(e) => {
+                self.done = done;
+                self.shared_failure(e, batch);
+            }
+        }
+        m.pipeline_stats(&self.pipeline.stats, self.pipeline.incidents().open_count());
+    }
+
+    /// Waits for a shared-store call — which may wait on other replicas' row locks — while
+    /// recording the deliveries the receivers report meanwhile: an alert delivered and not yet
+    /// recorded is delivered again by another replica if this one dies, so the window is kept
+    /// short.
+    fn wait_shared<T>(
+        &mut self,
+        pg: &PostgresStore,
+        call: impl std::future::Future<Output = T>,
+    ) -> T {
+        enum Next<T> {
+            Done(T),
+            Report(Report),
+        }
+        let handle = self.handle.clone();
+        handle.block_on(async {
+            tokio::pin!(call);
+            loop {
+                let next = tokio::select! {
+                    biased;
+                    out = &mut call => Next::Done(out),
+                    Some(r) = self.reports.recv() => Next::Report(r),
+                };
+                match next {
+                    Next::Done(out) => return out,
+                    Next::Report(r) => {
+                        self.report(r);
+                        if !self.done.is_empty() {
+                            let sent = std::mem::take(&mut self.done);
+                            if let Err(e) = pg.record_deliveries(&sent).await {
+                                tracing::warn!(
+                                    "shared state store: deliveries not recorded yet: {e}"
+                                );
+                                self.done.extend(sent);
+                            }
+                        }
+                    }
+                }
+            }
+        })
+    }
+
+    /// The shared store failed a batch: nothing of it was committed, so its messages are
+    /// handed back, and the next batch waits a little longer (100 ms doubling to 10 s).
+    fn shared_failure(&mut self, e: StoreError, batch: Vec<Received>) {
+        let m = metrics();
+        m.commit(false);
+        m.nacked.fetch_add(batch.len() as u64, Relaxed);
+        self.backoff =
+            (self.backoff * 2).clamp(Duration::from_millis(100), Duration::from_secs(10));
+        tracing::error!(
+            messages = batch.len(),
+            "shared state store: {e}; the batch is not committed and its messages will be redelivered (next try in {:?})",
+            self.backoff
+        );
+        drop(batch);
+    }
+
+    /// With a shared store, every [`SHARED_TICK`]: renew the leases of the alerts this replica
+    /// is delivering, claim the ones a dead replica left, read the open-incident count, and now
+    /// and then delete expired dedup keys.
+    fn tick(&mut self) {
+        let Store::Postgres(pg) = &self.store else {
+            return;
+        };
+        if Instant::now() < self.next_tick {
+            return;
+        }
+        let pg = pg.clone();
+        self.next_tick = Instant::now() + SHARED_TICK;
+        // Rows being delivered, and rows delivered but not yet recorded: both still ours.
+        let pending: Vec<u64> = self
+            .pending
+            .keys()
+            .copied()
+            .chain(self.done.iter().map(|s| s.id))
+            .collect();
+        let expire = self.last_expiry.elapsed() > EXPIRE_INTERVAL;
+        let result = self.handle.block_on(async {
+            let rows = pg.claim(&pending, 100).await?;
+            let open = pg.open_incidents().await?;
+            let expired = if expire {
+                Some(pg.expire_keys().await?)
+            } else {
+                None
+            };
+            Ok::<_, StoreError>((rows, open, expired))
+        });
+        match result {
+            Ok((rows, open, expired)) => {
+                metrics().commit(true);
+                metrics().incidents_open.store(open, Relaxed);
+                if !rows.is_empty() {
+                    tracing::info!(alerts = rows.len(), "claimed undelivered alerts from the shared outbox (left by a stopped replica, or not yet delivered)");
+                }
+                self.deliver(rows);
+                if let Some(n) = expired {
+                    self.last_expiry = Instant::now();
+                    tracing::debug!(keys = n, "expired dedup keys deleted");
+                }
+            }
+            Err(e) => {
+                metrics().commit(false);
+                tracing::warn!(
+                    "shared state store: {e}; leases not renewed, retrying in {SHARED_TICK:?}"
+                );
+            }
+        }
+    }
+
     /// Commits the pipeline's changes with `alerts` and the deliveries recorded so far, then
     /// hands the new outbox rows to the receivers. False when the commit failed.
     fn commit(&mut self, alerts: Vec<Alert>) -> bool {
@@ -404,7 +671,22 @@ impl Processor {
         if changes.is_empty() {
             return true;
         }
-        let result = self.store.commit(changes);
+        let store = match &self.store {
+            Store::Embedded(store) => store,
+            Store::Postgres(pg) => {
+                // Only deliveries to record here: batches commit in process_shared.
+                let pg = pg.clone();
+                let result = self.handle.block_on(pg.record_deliveries(&changes.sent));
+                metrics().commit(result.is_ok());
+                if let Err(e) = result {
+                    tracing::warn!("shared state store: deliveries not recorded yet: {e}");
+                    self.done = done;
+                    return false;
+                }
+                return true;
+            }
+        };
+        let result = store.commit(changes);
         metrics().commit(result.is_ok());
         match result {
             Ok(rows) => {
@@ -426,17 +708,16 @@ impl Processor {
         let mut delay = Duration::from_millis(100);
         let mut last = first.to_string();
         loop {
-            match self
-                .store
-                .load()
-                .map_err(anyhow::Error::from)
-                .and_then(|state| {
-                    let mut fresh = (self.rebuild)()?;
-                    fresh.restore(&state);
-                    fresh.track_changes();
-                    fresh.stats = self.pipeline.stats.clone();
-                    Ok(fresh)
-                }) {
+            let Store::Embedded(store) = &self.store else {
+                return;
+            };
+            match store.load().map_err(anyhow::Error::from).and_then(|state| {
+                let mut fresh = (self.rebuild)()?;
+                fresh.restore(&state);
+                fresh.track_changes();
+                fresh.stats = self.pipeline.stats.clone();
+                Ok(fresh)
+            }) {
                 Ok(fresh) => {
                     self.pipeline = fresh;
                     tracing::info!("state reloaded from the store after: {last}");

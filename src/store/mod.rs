@@ -6,9 +6,11 @@
 //! A crash before the commit loses nothing (the messages come back); a crash after it loses
 //! nothing either (the effect is on disk, and the redelivered message is a known duplicate).
 //!
-//! - [`embedded`]: a single file (redb), the default.
+//! - [`embedded`]: a single file (redb), the default: one replica.
+//! - [`postgres`]: PostgreSQL, shared by several replicas on one subscription.
 
 pub mod embedded;
+pub mod postgres;
 
 use schedwatch_sinks::Alert;
 use serde::{Deserialize, Serialize};
@@ -17,6 +19,7 @@ use crate::incidents::Incident;
 use crate::JobKey;
 
 pub use embedded::EmbeddedStore;
+pub use postgres::{PostgresConfig, PostgresStore};
 
 /// What went wrong with the store. Every store error means "not committed": the messages are
 /// not acked, and come back.

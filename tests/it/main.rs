@@ -15,3 +15,4 @@ mod push;
 mod receivers;
 mod scenarios;
 mod scheduler_api;
+mod shared_store;

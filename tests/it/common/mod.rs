@@ -4,6 +4,7 @@
 
 pub mod emulator;
 pub mod http;
+pub mod postgres;
 pub mod service;
 
 use std::path::{Path, PathBuf};
