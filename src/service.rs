@@ -109,7 +109,7 @@ enum Store {
 }
 
 /// With a shared store, how often a replica renews its outbox leases, claims rows whose lease
-/// ran out, and reads the open-incident count (at most a third of the lease).
+/// ran out, and reads the open-incident count (or a third of the lease, when shorter).
 const SHARED_TICK: Duration = Duration::from_secs(10);
 /// How often expired dedup keys are deleted from a shared store.
 const EXPIRE_INTERVAL: Duration = Duration::from_secs(600);
@@ -164,6 +164,19 @@ pub fn run(service: Service) -> anyhow::Result<()> {
         .build()?;
     let handle = runtime.handle().clone();
     let shutdown = CancellationToken::new();
+    // First of all, so that a SIGTERM during start-up is a clean shutdown too.
+    let signals = {
+        let _context = runtime.enter();
+        Signals::register()?
+    };
+    {
+        let shutdown = shutdown.clone();
+        runtime.spawn(async move {
+            signals.recv().await;
+            tracing::info!("shutting down: no more pulling; finishing in-flight work");
+            shutdown.cancel();
+        });
+    }
 
     // The embedded store: the pipeline carries on from it (open incidents, recent dedup keys).
     // A shared store is read batch by batch instead, and connected below.
@@ -227,15 +240,6 @@ pub fn run(service: Service) -> anyhow::Result<()> {
         (None, None) => unreachable!("a backend is chosen"),
     };
 
-    {
-        let shutdown = shutdown.clone();
-        runtime.spawn(async move {
-            wait_for_signal().await;
-            tracing::info!("shutting down: no more pulling; finishing in-flight work");
-            shutdown.cancel();
-        });
-    }
-
     let deadline_after_signal = state.shutdown_timeout;
     let processor = std::thread::Builder::new()
         .name("processor".into())
@@ -288,18 +292,37 @@ pub fn run(service: Service) -> anyhow::Result<()> {
     result
 }
 
-async fn wait_for_signal() {
+/// SIGTERM and SIGINT, registered when made: a signal that comes while the service is still
+/// starting is not lost (nor does it kill the process, the default action).
+struct Signals {
     #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Registers the handlers now; needs the runtime's context.
+    fn register() -> std::io::Result<Signals> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok(Signals {
+                term: signal(SignalKind::terminate())?,
+                int: signal(SignalKind::interrupt())?,
+            })
         }
+        #[cfg(not(unix))]
+        Ok(Signals {})
     }
-    #[cfg(not(unix))]
-    {
+
+    async fn recv(mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+        #[cfg(not(unix))]
         let _ = tokio::signal::ctrl_c().await;
     }
 }
@@ -375,11 +398,11 @@ impl Processor {
             // Wait for a first message; meanwhile take the receivers' reports, and record
             // them once nothing else comes for a commit interval.
             let idle = match &self.store {
-                Store::Postgres(_) => Some(
+                Store::Postgres(pg) => Some(
                     self.next_tick
                         .saturating_duration_since(Instant::now())
                         .min(if self.done.is_empty() {
-                            SHARED_TICK
+                            SHARED_TICK.min(pg.lease() / 3)
                         } else {
                             self.state.commit_interval
                         }),
@@ -621,7 +644,7 @@ impl Processor {
             return;
         }
         let pg = pg.clone();
-        self.next_tick = Instant::now() + SHARED_TICK;
+        self.next_tick = Instant::now() + SHARED_TICK.min(pg.lease() / 3);
         // Rows being delivered, and rows delivered but not yet recorded: both still ours.
         let pending: Vec<u64> = self
             .pending

@@ -213,6 +213,11 @@ impl PostgresStore {
         Ok(store)
     }
 
+    /// How long an outbox lease lasts.
+    pub fn lease(&self) -> Duration {
+        self.lease
+    }
+
     /// Where the store is, for logs.
     pub fn describe(&self) -> &str {
         &self.describe
