@@ -523,3 +523,23 @@ fn tls_config(ca_file: Option<&std::path::Path>) -> Result<rustls::ClientConfig,
         .with_root_certificates(roots)
         .with_no_client_auth())
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_documented_connection_strings_parse() {
+        // docs/deploy.md: Cloud Run's Cloud SQL connector socket, as key=value words.
+        let c: tokio_postgres::Config =
+            "host=/cloudsql/acme-ops:europe-west1:schedwatch-db user=schedwatch dbname=schedwatch"
+                .parse()
+                .unwrap();
+        assert!(matches!(
+            c.get_hosts(),
+            [tokio_postgres::config::Host::Unix(p)] if p.to_str() == Some("/cloudsql/acme-ops:europe-west1:schedwatch-db")
+        ));
+        let c: tokio_postgres::Config = "postgres://schedwatch@127.0.0.1:5432/schedwatch"
+            .parse()
+            .unwrap();
+        assert_eq!(c.get_dbname(), Some("schedwatch"));
+    }
+}
