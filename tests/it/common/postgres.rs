@@ -188,9 +188,9 @@ impl Postgres {
         std::fs::read_to_string(self.dir.path().join("postgres.log")).unwrap_or_default()
     }
 
-    /// [`Postgres::sql`], or `None` when it fails (the server is down, say).
-    pub fn try_sql(&self, sql: &str) -> Option<String> {
-        let out = Command::new("psql")
+    /// psql on the test database: unaligned, tuples only, stopping at the first error.
+    fn psql(&self, sql: &str) -> std::io::Result<std::process::Output> {
+        Command::new("psql")
             .args([
                 "-h",
                 "127.0.0.1",
@@ -198,34 +198,32 @@ impl Postgres {
                 &self.port.to_string(),
                 "-U",
                 "postgres",
+            ])
+            .args([
                 "-d",
                 "schedwatch",
+                "-X",
+                "-A",
+                "-t",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-c",
+                sql,
             ])
-            .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql])
-            .stderr(Stdio::null())
             .output()
-            .ok()?;
+    }
+
+    /// [`Postgres::sql`], or `None` when it fails (the server is down, say).
+    pub fn try_sql(&self, sql: &str) -> Option<String> {
+        let out = self.psql(sql).ok()?;
         out.status
             .success()
             .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
     }
 
-    /// Runs SQL through psql; its output (unaligned, tuples only).
+    /// Runs SQL through psql; its output.
     pub fn sql(&self, sql: &str) -> String {
-        let out = Command::new("psql")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-U",
-                "postgres",
-                "-d",
-                "schedwatch",
-            ])
-            .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql])
-            .output()
-            .expect("psql runs");
+        let out = self.psql(sql).expect("psql runs");
         assert!(
             out.status.success(),
             "{sql}: {}",
