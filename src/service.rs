@@ -592,6 +592,8 @@ impl Processor {
         let handle = self.handle.clone();
         handle.block_on(async {
             tokio::pin!(call);
+            // Deliveries reported before the call first: it may wait long on row locks.
+            self.record_now(pg).await;
             loop {
                 let next = tokio::select! {
                     biased;
@@ -602,19 +604,23 @@ impl Processor {
                     Next::Done(out) => return out,
                     Next::Report(r) => {
                         self.report(r);
-                        if !self.done.is_empty() {
-                            let sent = std::mem::take(&mut self.done);
-                            if let Err(e) = pg.record_deliveries(&sent).await {
-                                tracing::warn!(
-                                    "shared state store: deliveries not recorded yet: {e}"
-                                );
-                                self.done.extend(sent);
-                            }
-                        }
+                        self.record_now(pg).await;
                     }
                 }
             }
         })
+    }
+
+    /// Records the deliveries done so far in the shared store (kept for later on failure).
+    async fn record_now(&mut self, pg: &PostgresStore) {
+        if self.done.is_empty() {
+            return;
+        }
+        let sent = std::mem::take(&mut self.done);
+        if let Err(e) = pg.record_deliveries(&sent).await {
+            tracing::warn!("shared state store: deliveries not recorded yet: {e}");
+            self.done.extend(sent);
+        }
     }
 
     /// The shared store failed a batch: nothing of it was committed, so its messages are

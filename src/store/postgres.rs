@@ -388,15 +388,28 @@ impl PostgresStore {
         client: &tokio_postgres::Client,
         sent: &[Sent],
     ) -> Result<(), tokio_postgres::Error> {
-        for s in sent {
-            let failed = (!s.failed.is_empty()).then(|| {
-                Json(
-                    s.failed
-                        .iter()
-                        .map(|(receiver, reason)| serde_json::json!({"receiver": receiver, "reason": reason}))
-                        .collect::<Vec<_>>(),
+        // Delivered everywhere (the common case): one statement for all of them.
+        let delivered: Vec<i64> = sent
+            .iter()
+            .filter(|s| s.failed.is_empty())
+            .map(|s| s.id as i64)
+            .collect();
+        if !delivered.is_empty() {
+            client
+                .execute(
+                    "UPDATE outbox SET done_at = now(), lease_owner = NULL, lease_until = NULL
+                     WHERE id = ANY($1)",
+                    &[&delivered],
                 )
-            });
+                .await?;
+        }
+        for s in sent.iter().filter(|s| !s.failed.is_empty()) {
+            let failed = Json(
+                s.failed
+                    .iter()
+                    .map(|(receiver, reason)| serde_json::json!({"receiver": receiver, "reason": reason}))
+                    .collect::<Vec<_>>(),
+            );
             let last_error = s.failed.last().map(|(r, reason)| format!("{r}: {reason}"));
             client
                 .execute(
