@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::common::emulator::{Emulator, Publish};
+use crate::common::emulator::{free_port, http, Emulator, Publish};
 use crate::common::http::{FakeServer, Response};
 use crate::common::postgres::Postgres;
 use crate::common::service::{read_alerts, tail, Service, Start, PROJECT};
@@ -36,7 +36,7 @@ fn failures(jobs: usize, per_job: usize) -> Vec<Vec<u8>> {
     lines
 }
 
-fn replica(emu: &Emulator, dir: &Path, config: &Path, n: usize) -> Service {
+fn replica(emu: &Emulator, dir: &Path, config: &Path, n: usize, args: &[&str]) -> Service {
     Start {
         emulator: Some(emu),
         sub: SUB,
@@ -45,7 +45,7 @@ fn replica(emu: &Emulator, dir: &Path, config: &Path, n: usize) -> Service {
         config: Some(config),
         dir,
         n,
-        args: &[],
+        args,
     }
     .spawn()
 }
@@ -84,8 +84,13 @@ fn three_replicas_fire_every_incident_once_through_a_kill_9_and_a_database_resta
         .map(Publish::new)
         .collect();
     let total = messages.len();
+    // Replica 1 serves /readyz.
+    let address = format!("127.0.0.1:{}", free_port());
     let mut replicas: Vec<Option<Service>> = (0..3)
-        .map(|n| Some(replica(&emu, dir.path(), &config, n)))
+        .map(|n| {
+            let args: &[&str] = if n == 1 { &["--listen", &address] } else { &[] };
+            Some(replica(&emu, dir.path(), &config, n, args))
+        })
         .collect();
     // Published while the replicas run, in four parts: the chaos lands mid-stream.
     let parts: Vec<&[Publish]> = messages.chunks(total.div_ceil(4)).collect();
@@ -124,12 +129,34 @@ fn three_replicas_fire_every_incident_once_through_a_kill_9_and_a_database_resta
     );
     // SIGKILL one replica mid-run; a new one takes its place.
     replicas[0].take().unwrap().kill9();
-    replicas.push(Some(replica(&emu, dir.path(), &config, 3)));
+    replicas.push(Some(replica(&emu, dir.path(), &config, 3, &[])));
     emu.publish(PROJECT, TOPIC, parts[2]);
-    // The database goes away for a few seconds, mid-run, and comes back.
+    // The database goes away for a few seconds, mid-run, and comes back: the replicas say they
+    // are not ready meanwhile, and are ready again by themselves.
+    let ready =
+        || http(&address, "GET", "/readyz", None, Duration::from_secs(2)).map_or(0, |r| r.status);
+    assert_eq!(ready(), 200, "ready before the outage");
     pg.stop();
-    std::thread::sleep(Duration::from_secs(3));
+    let end = Instant::now() + Duration::from_secs(20);
+    while ready() != 503 {
+        assert!(
+            Instant::now() < end,
+            "/readyz still {} with the database down:\n{}",
+            ready(),
+            tail(&replicas[1].as_ref().unwrap().stderr())
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(2));
     pg.restart();
+    let end = Instant::now() + Duration::from_secs(60);
+    while ready() != 200 {
+        assert!(
+            Instant::now() < end,
+            "/readyz not 200 again after the database came back"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     emu.publish(PROJECT, TOPIC, parts[3]);
 
     // Done: every job's incident holds all its failures, and the outbox is delivered.

@@ -159,18 +159,29 @@ impl Postgres {
 
     /// Fast shutdown (SIGINT: connections cut, committed data kept), waits for the exit.
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill")
-                .args(["-INT", &child.id().to_string()])
-                .status();
-            let end = Instant::now() + Duration::from_secs(30);
-            while child.try_wait().unwrap().is_none() {
-                if Instant::now() > end {
-                    let _ = child.kill();
-                }
-                std::thread::sleep(Duration::from_millis(20));
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        // The server's own pid (runuser, our child, does not pass signals on).
+        let server = std::fs::read_to_string(self.dir.path().join("data/postmaster.pid"))
+            .ok()
+            .and_then(|t| t.lines().next().map(str::to_owned))
+            .unwrap_or_else(|| child.id().to_string());
+        let _ = Command::new("kill").args(["-INT", &server]).status();
+        let end = Instant::now() + Duration::from_secs(30);
+        while child.try_wait().unwrap().is_none() {
+            if Instant::now() > end {
+                let _ = Command::new("kill").args(["-KILL", &server]).status();
+                let _ = child.kill();
             }
+            std::thread::sleep(Duration::from_millis(20));
         }
+        // Stopped means refusing connections.
+        assert!(
+            TcpStream::connect(("127.0.0.1", self.port)).is_err(),
+            "postgres still accepts connections after stop:\n{}",
+            self.log()
+        );
     }
 
     /// `postgres://postgres@127.0.0.1:PORT/schedwatch`.
