@@ -78,28 +78,27 @@ pub fn not_ready(mode: Mode) -> Option<&'static str> {
     None
 }
 
-#[derive(Clone)]
-struct AppState {
-    mode: Mode,
-    push: Option<Arc<PushReceiver>>,
-}
-
 /// The largest push request read: a 10 MB message, base64-encoded, in its envelope.
 const MAX_PUSH_BODY: usize = 16 * 1024 * 1024;
 
 /// The router; `push` adds `POST /pubsub/push`.
 pub fn router(mode: Mode, push: Option<Arc<PushReceiver>>) -> Router {
-    let mut app = Router::new()
+    let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics_text));
-    if push.is_some() {
-        app = app.route(
-            "/pubsub/push",
-            post(push_request).layer(DefaultBodyLimit::max(MAX_PUSH_BODY)),
-        );
+        .route("/metrics", get(metrics_text))
+        .with_state(mode);
+    match push {
+        Some(push) => app.merge(
+            Router::new()
+                .route(
+                    "/pubsub/push",
+                    post(push_request).layer(DefaultBodyLimit::max(MAX_PUSH_BODY)),
+                )
+                .with_state(push),
+        ),
+        None => app,
     }
-    app.with_state(AppState { mode, push })
 }
 
 /// Serves until `shutdown`, then lets requests in flight finish.
@@ -122,8 +121,8 @@ pub async fn serve(listener: std::net::TcpListener, app: Router, shutdown: Cance
     }
 }
 
-async fn readyz(State(s): State<AppState>) -> Response {
-    match not_ready(s.mode) {
+async fn readyz(State(mode): State<Mode>) -> Response {
+    match not_ready(mode) {
         None => (StatusCode::OK, "ready\n").into_response(),
         Some(reason) => (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -144,10 +143,11 @@ async fn metrics_text() -> Response {
         .into_response()
 }
 
-async fn push_request(State(s): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
-    let Some(push) = s.push else {
-        return StatusCode::NOT_FOUND.into_response();
-    };
+async fn push_request(
+    State(push): State<Arc<PushReceiver>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let authorization = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());

@@ -8,7 +8,7 @@
 
 use std::fmt;
 use std::io::IsTerminal as _;
-use std::sync::atomic::{AtomicU8, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering::Relaxed};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -44,7 +44,7 @@ const JSON: u8 = 1;
 /// The format in use: the formatter reads it for every event.
 static CURRENT: AtomicU8 = AtomicU8::new(TEXT);
 /// Whether the command line or the environment chose the format (the config then does not).
-static CHOSEN: AtomicU8 = AtomicU8::new(0);
+static CHOSEN: AtomicBool = AtomicBool::new(false);
 
 fn resolve(format: LogFormat) -> u8 {
     match format {
@@ -58,7 +58,7 @@ fn resolve(format: LogFormat) -> u8 {
 /// Sets up logging on stderr; `format` is the command line's (or environment's) choice.
 pub fn init(filter: &str, format: Option<LogFormat>) {
     if let Some(f) = format {
-        CHOSEN.store(1, Relaxed);
+        CHOSEN.store(true, Relaxed);
         CURRENT.store(resolve(f), Relaxed);
     } else {
         CURRENT.store(resolve(LogFormat::Auto), Relaxed);
@@ -77,7 +77,7 @@ pub fn init(filter: &str, format: Option<LogFormat>) {
 
 /// Applies the config's `[log] format`, unless the command line chose one.
 pub fn configure(config: &LogConfig) {
-    if CHOSEN.load(Relaxed) == 0 {
+    if !CHOSEN.load(Relaxed) {
         CURRENT.store(resolve(config.format), Relaxed);
     }
 }

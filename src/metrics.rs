@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::{Mutex, OnceLock};
 
 use crate::pipeline::Stats;
@@ -74,8 +74,8 @@ pub struct Metrics {
     pub commits: AtomicU64,
     /// Store commits that failed.
     pub commit_failures: AtomicU64,
-    /// Whether the last commit succeeded (1) — readiness.
-    pub store_ok: AtomicU64,
+    /// Whether the last store call succeeded — readiness.
+    pub store_ok: AtomicBool,
     /// Subscription streams open now (not ended by a permanent error).
     pub streams_connected: AtomicI64,
     /// Whether the Pub/Sub endpoint answered the last reachability probe (1) — the client
@@ -96,8 +96,6 @@ struct PipelineCounts {
     skipped: BTreeMap<&'static str, u64>,
     duplicates: u64,
     alerts: BTreeMap<&'static str, u64>,
-    /// Push requests that carried no message: skipped before the pipeline.
-    bad_envelopes: u64,
 }
 
 impl Metrics {
@@ -124,12 +122,12 @@ impl Metrics {
         } else {
             self.commit_failures.fetch_add(1, Relaxed);
         }
-        self.store_ok.store(ok as u64, Relaxed);
+        self.store_ok.store(ok, Relaxed);
     }
 
-    /// Whether the last commit succeeded (true before the first).
+    /// Whether the store's last commit (or, for a shared store, its last call) succeeded.
     pub fn store_writable(&self) -> bool {
-        self.store_ok.load(Relaxed) == 1
+        self.store_ok.load(Relaxed)
     }
 
     /// Changes a receiver's counters.
@@ -141,12 +139,6 @@ impl Metrics {
         }
     }
 
-    /// A receiver's counters.
-    pub fn receiver_counts(&self, name: &str) -> ReceiverCounts {
-        let r = self.receivers.lock().expect("metrics lock");
-        r.get(name).copied().unwrap_or_default()
-    }
-
     /// A push request ended.
     pub fn push(&self, outcome: PushOutcome) {
         *self
@@ -155,9 +147,6 @@ impl Metrics {
             .expect("metrics lock")
             .entry(outcome)
             .or_default() += 1;
-        if outcome == PushOutcome::BadEnvelope {
-            self.pipeline.lock().expect("metrics lock").bad_envelopes += 1;
-        }
     }
 
     /// Seconds since the last message, `None` before the first.
@@ -201,6 +190,15 @@ impl Metrics {
             "Messages handed back for redelivery (a failed commit, a shutdown).",
             &one(get(&self.nacked)),
         );
+        // Push requests that were not envelopes are skipped before the pipeline: counted once,
+        // as a push outcome, and shown with the pipeline's skips.
+        let bad_envelopes = self
+            .push
+            .lock()
+            .expect("metrics lock")
+            .get(&PushOutcome::BadEnvelope)
+            .copied()
+            .unwrap_or(0);
         let (skipped, duplicates, alerts) = {
             let p = self.pipeline.lock().expect("metrics lock");
             let mut skipped: Vec<(String, String)> = p
@@ -208,10 +206,10 @@ impl Metrics {
                 .iter()
                 .map(|(reason, n)| (label("reason", reason), n.to_string()))
                 .collect();
-            if p.bad_envelopes > 0 {
+            if bad_envelopes > 0 {
                 skipped.push((
                     label("reason", "bad_push_envelope"),
-                    p.bad_envelopes.to_string(),
+                    bad_envelopes.to_string(),
                 ));
             }
             let alerts: Vec<(String, String)> = ["firing", "repeat", "resolved"]

@@ -510,10 +510,7 @@ impl Processor {
         let m = metrics();
         m.pipeline_stats(&self.pipeline.stats, self.pipeline.incidents().open_count());
         if committed {
-            m.acked.fetch_add(batch.len() as u64, Relaxed);
-            for m in batch {
-                m.ack.ack(&self.handle);
-            }
+            self.ack(batch);
         } else {
             // Not committed: dropping the handlers nacks the messages; they come back.
             m.nacked.fetch_add(batch.len() as u64, Relaxed);
@@ -562,10 +559,7 @@ impl Processor {
             Ok(rows) => {
                 m.commit(true);
                 self.backoff = Duration::ZERO;
-                m.acked.fetch_add(batch.len() as u64, Relaxed);
-                for r in batch {
-                    r.ack.ack(&self.handle);
-                }
+                self.ack(batch);
                 self.deliver(rows);
             }
             Err(e) => {
@@ -611,15 +605,26 @@ impl Processor {
         })
     }
 
-    /// Records the deliveries done so far in the shared store (kept for later on failure).
-    async fn record_now(&mut self, pg: &PostgresStore) {
+    /// Records the deliveries done so far in the shared store (kept for later on failure);
+    /// false when that failed.
+    async fn record_now(&mut self, pg: &PostgresStore) -> bool {
         if self.done.is_empty() {
-            return;
+            return true;
         }
         let sent = std::mem::take(&mut self.done);
         if let Err(e) = pg.record_deliveries(&sent).await {
             tracing::warn!("shared state store: deliveries not recorded yet: {e}");
             self.done.extend(sent);
+            return false;
+        }
+        true
+    }
+
+    /// Acks a committed batch's messages, and counts them.
+    fn ack(&self, batch: Vec<Received>) {
+        metrics().acked.fetch_add(batch.len() as u64, Relaxed);
+        for m in batch {
+            m.ack.ack(&self.handle);
         }
     }
 
@@ -705,14 +710,11 @@ impl Processor {
             Store::Postgres(pg) => {
                 // Only deliveries to record here: batches commit in process_shared.
                 let pg = pg.clone();
-                let result = self.handle.block_on(pg.record_deliveries(&changes.sent));
-                metrics().commit(result.is_ok());
-                if let Err(e) = result {
-                    tracing::warn!("shared state store: deliveries not recorded yet: {e}");
-                    self.done = done;
-                    return false;
-                }
-                return true;
+                self.done = done;
+                let handle = self.handle.clone();
+                let recorded = handle.block_on(self.record_now(&pg));
+                metrics().commit(recorded);
+                return recorded;
             }
         };
         let result = store.commit(changes);

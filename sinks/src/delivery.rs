@@ -172,9 +172,9 @@ pub(crate) fn url_parts(url: &str) -> Vec<String> {
     parts
 }
 
-/// The one client a sink keeps. Redirects are not followed: a POST that is redirected is a
+/// The one client a sink keeps (and schedwatch's push-token key fetch). Redirects are not followed: a POST that is redirected is a
 /// misconfigured URL, and following it would resend secret headers to another address.
-pub(crate) fn http_client(timeout: Duration) -> Result<reqwest::Client, reqwest::Error> {
+pub fn http_client(timeout: Duration) -> Result<reqwest::Client, reqwest::Error> {
     reqwest::Client::builder()
         .timeout(timeout)
         .redirect(reqwest::redirect::Policy::none())

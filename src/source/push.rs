@@ -140,9 +140,7 @@ impl TokenVerifier {
         validation.set_audience(&[config.audience.clone().unwrap_or_default()]);
         validation.set_issuer(&config.issuers);
         validation.set_required_spec_claims(&["exp", "iss", "aud"]);
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .build()?;
+        let http = schedwatch_sinks::delivery::http_client(Duration::from_secs(10))?;
         Ok(TokenVerifier {
             config,
             validation,

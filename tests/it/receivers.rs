@@ -24,18 +24,23 @@ fn webhook_config(dir: &std::path::Path, url: &str) -> std::path::PathBuf {
     )
 }
 
+/// `schedwatch send-test --config CFG --receiver NAME`.
+fn send_test(cfg: &std::path::Path, receiver: &str) -> std::process::Output {
+    run(&[
+        "send-test",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--receiver",
+        receiver,
+    ])
+}
+
 #[test]
 fn send_test_delivers_the_sample_alert_and_reports_a_refusal() {
     let server = FakeServer::start(|_| Response::new(204));
     let dir = tempfile::tempdir().unwrap();
     let cfg = webhook_config(dir.path(), &format!("{}/hooks/schedwatch", server.url()));
-    let out = run(&[
-        "send-test",
-        "--config",
-        cfg.to_str().unwrap(),
-        "--receiver",
-        "ops-hook",
-    ]);
+    let out = send_test(&cfg, "ops-hook");
     assert!(out.status.success(), "{}", stderr(&out));
     let requests = server.requests();
     assert_eq!(requests.len(), 1);
@@ -55,13 +60,7 @@ fn send_test_delivers_the_sample_alert_and_reports_a_refusal() {
 
     let refusing = FakeServer::start(|_| Response::text(400, "invalid_payload"));
     let cfg = webhook_config(dir.path(), &format!("{}/hooks/schedwatch", refusing.url()));
-    let out = run(&[
-        "send-test",
-        "--config",
-        cfg.to_str().unwrap(),
-        "--receiver",
-        "ops-hook",
-    ]);
+    let out = send_test(&cfg, "ops-hook");
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(
         stderr(&out).contains("400") && stderr(&out).contains("invalid_payload"),
@@ -69,13 +68,7 @@ fn send_test_delivers_the_sample_alert_and_reports_a_refusal() {
         stderr(&out)
     );
 
-    let out = run(&[
-        "send-test",
-        "--config",
-        cfg.to_str().unwrap(),
-        "--receiver",
-        "nobody",
-    ]);
+    let out = send_test(&cfg, "nobody");
     assert_eq!(out.status.code(), Some(2));
     assert!(
         stderr(&out).contains("ops-hook"),

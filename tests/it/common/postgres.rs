@@ -37,6 +37,18 @@ fn bindir() -> PathBuf {
     )
 }
 
+/// Runs `cmd` to its end; panics with its stderr when it fails.
+fn succeed(cmd: &mut Command, what: &str) {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("{what} does not run: {e}"));
+    assert!(
+        out.status.success(),
+        "{what} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn is_root() -> bool {
     Command::new("id")
         .arg("-u")
@@ -71,22 +83,18 @@ impl Postgres {
             assert!(status.success(), "chown the PostgreSQL folder");
         }
         let data = dir.path().join("data");
-        let out = as_postgres(&bindir().join("initdb"))
-            .args(["-D"])
-            .arg(&data)
-            .args([
-                "-U",
-                "postgres",
-                "--auth=trust",
-                "--encoding=UTF8",
-                "--no-sync",
-            ])
-            .output()
-            .expect("initdb runs");
-        assert!(
-            out.status.success(),
-            "initdb failed: {}",
-            String::from_utf8_lossy(&out.stderr)
+        succeed(
+            as_postgres(&bindir().join("initdb"))
+                .args(["-D"])
+                .arg(&data)
+                .args([
+                    "-U",
+                    "postgres",
+                    "--auth=trust",
+                    "--encoding=UTF8",
+                    "--no-sync",
+                ]),
+            "initdb",
         );
         let mut pg = Postgres {
             child: None,
@@ -94,8 +102,8 @@ impl Postgres {
             port: free_port(),
         };
         pg.restart();
-        let out = as_postgres(&bindir().join("createdb"))
-            .args([
+        succeed(
+            as_postgres(&bindir().join("createdb")).args([
                 "-h",
                 "127.0.0.1",
                 "-p",
@@ -103,13 +111,8 @@ impl Postgres {
                 "-U",
                 "postgres",
                 "schedwatch",
-            ])
-            .output()
-            .expect("createdb runs");
-        assert!(
-            out.status.success(),
-            "createdb failed: {}",
-            String::from_utf8_lossy(&out.stderr)
+            ]),
+            "createdb",
         );
         pg
     }
