@@ -85,9 +85,60 @@ pub struct Metrics {
     pub api_lookups: AtomicU64,
     /// Look-ups that failed.
     pub api_errors: AtomicU64,
+    /// How long a batch's store transaction took, from its first statement to its commit
+    /// (with a shared store, including the wait for other replicas' row locks).
+    pub store_transaction: Histogram,
     pipeline: Mutex<PipelineCounts>,
     receivers: Mutex<BTreeMap<String, ReceiverCounts>>,
     push: Mutex<BTreeMap<PushOutcome, u64>>,
+}
+
+/// Upper bounds, in seconds, of the store transaction histogram's buckets.
+const TRANSACTION_BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
+
+/// A Prometheus histogram of durations over [`TRANSACTION_BUCKETS`], lock-free.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    /// Observations at or under each bound (not cumulative; summed when rendered).
+    buckets: [AtomicU64; TRANSACTION_BUCKETS.len()],
+    count: AtomicU64,
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    /// Counts one duration.
+    pub fn observe(&self, d: std::time::Duration) {
+        let secs = d.as_secs_f64();
+        if let Some(i) = TRANSACTION_BUCKETS.iter().position(|b| secs <= *b) {
+            self.buckets[i].fetch_add(1, Relaxed);
+        }
+        self.count.fetch_add(1, Relaxed);
+        self.sum_micros
+            .fetch_add(d.as_micros().min(u64::MAX as u128) as u64, Relaxed);
+    }
+
+    /// The `_bucket`, `_sum` and `_count` samples, suffix and labels first.
+    fn samples(&self) -> Vec<(String, String)> {
+        let mut out = Vec::with_capacity(TRANSACTION_BUCKETS.len() + 3);
+        let mut cumulative = 0;
+        for (bound, n) in TRANSACTION_BUCKETS.iter().zip(&self.buckets) {
+            cumulative += n.load(Relaxed);
+            out.push((
+                format!("_bucket{}", label("le", &bound.to_string())),
+                cumulative.to_string(),
+            ));
+        }
+        let count = self.count.load(Relaxed);
+        out.push((format!("_bucket{}", label("le", "+Inf")), count.to_string()));
+        out.push((
+            "_sum".into(),
+            (self.sum_micros.load(Relaxed) as f64 / 1e6).to_string(),
+        ));
+        out.push(("_count".into(), count.to_string()));
+        out
+    }
 }
 
 /// The pipeline's counters as of its last batch, plus envelopes it never saw.
@@ -312,6 +363,12 @@ impl Metrics {
             &one(get(&self.commit_failures)),
         );
         family(
+            "store_transaction_seconds",
+            "histogram",
+            "How long a batch's store transaction took, first statement to commit (with a shared store, including waits for other replicas' row locks).",
+            &self.store_transaction.samples(),
+        );
+        family(
             "pubsub_streams_connected",
             "gauge",
             "Subscription streams open now (not ended by a permanent error).",
@@ -367,7 +424,21 @@ mod tests {
         m.message_received();
         m.receiver("ops \"slack\"\n", |c| c.sent += 2);
         m.push(PushOutcome::BadEnvelope);
+        m.store_transaction
+            .observe(std::time::Duration::from_micros(3_000));
+        m.store_transaction
+            .observe(std::time::Duration::from_secs(9));
         let text = m.render();
+        for sample in [
+            "schedwatch_store_transaction_seconds_bucket{le=\"0.0025\"} 0\n",
+            "schedwatch_store_transaction_seconds_bucket{le=\"0.005\"} 1\n",
+            "schedwatch_store_transaction_seconds_bucket{le=\"5\"} 1\n",
+            "schedwatch_store_transaction_seconds_bucket{le=\"+Inf\"} 2\n",
+            "schedwatch_store_transaction_seconds_sum 9.003\n",
+            "schedwatch_store_transaction_seconds_count 2\n",
+        ] {
+            assert!(text.contains(sample), "{sample}{text}");
+        }
         assert!(
             text.contains("\nschedwatch_messages_received_total 1\n"),
             "{text}"
@@ -393,7 +464,11 @@ mod tests {
                 declared.insert(rest.split(' ').next().unwrap().to_owned());
             } else if !line.starts_with('#') {
                 let name = line.split(['{', ' ']).next().unwrap();
-                assert!(declared.contains(name), "{line}");
+                let family = ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|s| name.strip_suffix(s).filter(|f| declared.contains(*f)))
+                    .unwrap_or(name);
+                assert!(declared.contains(family), "{line}");
             }
         }
     }

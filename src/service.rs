@@ -419,7 +419,9 @@ impl Processor {
             let first = match woken {
                 Woken::Message(m) => m,
                 Woken::Report(r) => {
+                    // A burst of deliveries is recorded at once, not one report a batch.
                     self.report(r);
+                    self.take_reports();
                     continue;
                 }
                 Woken::Idle => {
@@ -501,12 +503,16 @@ impl Processor {
         for m in &batch {
             self.pipeline.process_item(&m.data, &mut alerts);
         }
+        let made = alerts.len();
+        let started = Instant::now();
+        let committed = self.commit(alerts);
         tracing::debug!(
             messages = batch.len(),
-            alerts = alerts.len(),
+            alerts = made,
+            store_ms = started.elapsed().as_secs_f64() * 1e3,
+            committed,
             "batch processed"
         );
-        let committed = self.commit(alerts);
         let m = metrics();
         m.pipeline_stats(&self.pipeline.stats, self.pipeline.incidents().open_count());
         if committed {
@@ -539,6 +545,7 @@ impl Processor {
             keys.push(a.dedup_key);
             jobs.push(a.job.clone());
         }
+        let started = Instant::now();
         let mut tx = match self.wait_shared(pg, pg.begin(&keys, &jobs)) {
             Ok(tx) => tx,
             Err(e) => return self.shared_failure(e, batch),
@@ -551,13 +558,23 @@ impl Processor {
         for d in decoded {
             self.pipeline.process(d, &mut alerts);
         }
+        let made = alerts.len();
         let mut changes = self.pipeline.take_changes(alerts);
         changes.sent = std::mem::take(&mut self.done);
         let done = changes.sent.clone();
         let m = metrics();
         match self.wait_shared(pg, pg.commit(tx, changes)) {
             Ok(rows) => {
+                let took = started.elapsed();
                 m.commit(true);
+                m.store_transaction.observe(took);
+                tracing::debug!(
+                    messages = batch.len(),
+                    alerts = made,
+                    store_ms = took.as_secs_f64() * 1e3,
+                    committed = true,
+                    "batch processed"
+                );
                 self.backoff = Duration::ZERO;
                 self.ack(batch);
                 self.deliver(rows);
@@ -587,6 +604,7 @@ impl Processor {
         handle.block_on(async {
             tokio::pin!(call);
             // Deliveries reported before the call first: it may wait long on row locks.
+            self.take_reports();
             self.record_now(pg).await;
             loop {
                 let next = tokio::select! {
@@ -598,6 +616,7 @@ impl Processor {
                     Next::Done(out) => return out,
                     Next::Report(r) => {
                         self.report(r);
+                        self.take_reports();
                         self.record_now(pg).await;
                     }
                 }
@@ -699,6 +718,9 @@ impl Processor {
     /// Commits the pipeline's changes with `alerts` and the deliveries recorded so far, then
     /// hands the new outbox rows to the receivers. False when the commit failed.
     fn commit(&mut self, alerts: Vec<Alert>) -> bool {
+        // Every delivery reported so far is recorded with this commit: the shorter the time
+        // between delivering and recording, the fewer alerts a crash sends twice.
+        self.take_reports();
         let mut changes: Changes = self.pipeline.take_changes(alerts);
         changes.sent = std::mem::take(&mut self.done);
         let done = changes.sent.clone();
@@ -717,8 +739,12 @@ impl Processor {
                 return recorded;
             }
         };
+        let started = Instant::now();
         let result = store.commit(changes);
         metrics().commit(result.is_ok());
+        if result.is_ok() {
+            metrics().store_transaction.observe(started.elapsed());
+        }
         match result {
             Ok(rows) => {
                 self.deliver(rows);
@@ -782,6 +808,13 @@ impl Processor {
     }
 
     /// A receiver is done with a row; when all are, it is recorded with the next commit.
+    /// Takes every report the receivers have sent so far, without waiting.
+    fn take_reports(&mut self) {
+        while let Ok(r) = self.reports.try_recv() {
+            self.report(r);
+        }
+    }
+
     fn report(&mut self, r: Report) {
         let Some((left, failed)) = self.pending.get_mut(&r.id) else {
             return;

@@ -34,7 +34,10 @@ pub fn scrape(address: &str) -> BTreeMap<String, f64> {
         if let Some(rest) = line.strip_prefix("# TYPE ") {
             let mut parts = rest.split(' ');
             typed.insert(parts.next().unwrap().to_owned());
-            assert!(matches!(parts.next(), Some("counter" | "gauge")), "{line}");
+            assert!(
+                matches!(parts.next(), Some("counter" | "gauge" | "histogram")),
+                "{line}"
+            );
             continue;
         }
         if line.starts_with('#') || line.is_empty() {
@@ -42,6 +45,11 @@ pub fn scrape(address: &str) -> BTreeMap<String, f64> {
         }
         let (name, value) = line.rsplit_once(' ').unwrap();
         let family = name.split('{').next().unwrap();
+        // A histogram's samples are its name with _bucket, _sum or _count.
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| family.strip_suffix(s).filter(|f| typed.contains(*f)))
+            .unwrap_or(family);
         assert!(typed.contains(family), "no # TYPE for {line}");
         samples.insert(name.to_owned(), value.parse::<f64>().unwrap());
     }
@@ -159,6 +167,16 @@ fn endpoints_follow_the_run_and_the_counters_move_as_messages_flow() {
     let age = m["schedwatch_last_message_age_seconds"];
     assert!((0.0..60.0).contains(&age), "{age}");
     assert!(m["schedwatch_store_commits_total"] >= 1.0);
+    // Every batch's transaction timed: as many as the commits that held one, in the buckets.
+    let timed = m["schedwatch_store_transaction_seconds_count"];
+    assert!(
+        (1.0..=m["schedwatch_store_commits_total"]).contains(&timed),
+        "{timed}"
+    );
+    assert_eq!(
+        m["schedwatch_store_transaction_seconds_bucket{le=\"+Inf\"}"],
+        timed
+    );
     assert_eq!(m["schedwatch_store_commit_failures_total"], 0.0);
 
     // Pub/Sub gone: not ready (alive still), and the log says why.
