@@ -127,6 +127,15 @@ impl Run {
         self.replicas[n].take().expect("running").kill9();
     }
 
+    /// Publishes the first two of the four parts and waits until some incidents fired.
+    fn first_half(&mut self, parts: &[&[Publish]]) {
+        self.publish(parts[0]);
+        self.publish(parts[1]);
+        self.wait("some incidents fired", Duration::from_secs(120), &|r| {
+            r.delivered().len() >= 20
+        });
+    }
+
     fn publish(&self, messages: &[Publish]) {
         self.emu.publish(PROJECT, TOPIC, messages);
     }
@@ -312,11 +321,7 @@ fn three_replicas_on_postgresql_fire_every_incident_once_through_a_kill_9_and_a_
     run.spawn(&[]);
     run.spawn(&["--listen", &address]);
     run.spawn(&[]);
-    run.publish(parts[0]);
-    run.publish(parts[1]);
-    run.wait("some incidents fired", Duration::from_secs(120), &|r| {
-        r.delivered().len() >= 20
-    });
+    run.first_half(&parts);
     // SIGKILL one replica mid-run; a new one takes its place.
     run.kill9(0);
     run.spawn(&[]);
@@ -399,11 +404,7 @@ fn one_replica_on_the_embedded_store_fires_every_incident_once_through_a_kill_9_
     let failures = failures();
     let parts: Vec<&[Publish]> = failures.chunks(failures.len().div_ceil(4)).collect();
     run.spawn(&[]);
-    run.publish(parts[0]);
-    run.publish(parts[1]);
-    run.wait("some incidents fired", Duration::from_secs(120), &|r| {
-        r.delivered().len() >= 20
-    });
+    run.first_half(&parts);
     // SIGKILL mid-run; a new process carries on from the same state folder. What the killed
     // one delivered before it recorded so may be delivered again: that is the crash window.
     run.kill9(0);
