@@ -138,6 +138,33 @@ fn db(describe: &str, e: impl std::fmt::Display) -> StoreError {
     }
 }
 
+/// `e` and its causes, `: `-joined, on one line, with what to change when the cause is a
+/// known configuration mistake. tokio-postgres prints only the step that failed ("db error",
+/// "error performing TLS handshake") and keeps the reason — the server's message, the
+/// certificate problem — in `source()`; deadpool wraps it in words of its own and repeats its
+/// cause's text, both dropped here.
+fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let said = c.to_string();
+        if !text.ends_with(&said) {
+            text.push_str(": ");
+            text.push_str(&said);
+        }
+        cause = c.source();
+    }
+    let mut text = text
+        .trim_start_matches("Error occurred while creating a new object: ")
+        .replace('\n', "; ");
+    if text.contains("invalid peer certificate") {
+        text.push_str(" — [state.postgres] ca_file must hold the CA that signed the server's certificate (Cloud SQL: the instance's server CA), and the URL's host must be a name or address the certificate lists");
+    } else if text.contains("no pg_hba.conf entry") && text.contains("no encryption") {
+        text.push_str(" — the server accepts only encrypted connections: set [state.postgres] tls = \"require\"");
+    }
+    text
+}
+
 impl PostgresStore {
     /// Connects, and applies the schema's missing migrations under an advisory lock (replicas
     /// starting together apply each once).
@@ -223,8 +250,8 @@ impl PostgresStore {
         &self.describe
     }
 
-    fn err(&self, e: impl std::fmt::Display) -> StoreError {
-        db(&self.describe, e)
+    fn err(&self, e: impl std::error::Error + 'static) -> StoreError {
+        db(&self.describe, with_causes(&e))
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
@@ -254,7 +281,7 @@ impl PostgresStore {
             .map_err(|e| self.err(e))?
             .get(0);
         if applied as usize > MIGRATIONS.len() {
-            return Err(self.err(format!(
+            return Err(db(&self.describe, format!(
                 "the schema is at version {applied}, newer than this schedwatch knows ({}): upgrade schedwatch",
                 MIGRATIONS.len()
             )));

@@ -1,6 +1,9 @@
 //! A real PostgreSQL server for the tests: `initdb` into a temporary folder and `postgres` on a
 //! free port, as the `postgres` user when the tests run as root (the server refuses root).
 //! Stopped (SIGTERM, then SIGKILL) when dropped. Panics — never skips — when it cannot start.
+//!
+//! [`Postgres::start_tls`] serves TLS only, with a certificate from a throwaway CA ([`Ca`], made
+//! with the `openssl` command line).
 
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -14,6 +17,121 @@ pub struct Postgres {
     child: Option<Child>,
     dir: tempfile::TempDir,
     port: u16,
+    /// The CA that signed the server's certificate, when it serves TLS.
+    ca: Option<Ca>,
+}
+
+/// A throwaway certificate authority: a self-signed CA certificate and its key, in PEM files.
+pub struct Ca {
+    /// The CA's certificate: what a client trusts (`ca_file`).
+    pub cert: PathBuf,
+    key: PathBuf,
+}
+
+/// Runs `openssl args…` in `dir`; panics with its stderr when it fails or is not installed.
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("the openssl command line does not run ({e}): the TLS tests need it to make their certificates (Debian: apt-get install openssl)")
+        });
+    assert!(
+        out.status.success(),
+        "openssl {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Ca {
+    /// A new CA named `name`, its files `name.crt` and `name.key` in `dir`. P-256 keys: quick
+    /// to make, and rustls takes them.
+    pub fn generate(dir: &Path, name: &str) -> Ca {
+        let (cert, key) = (format!("{name}.crt"), format!("{name}.key"));
+        openssl(
+            dir,
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-keyout",
+                &key,
+                "-out",
+                &cert,
+                "-days",
+                "2",
+                "-subj",
+                &format!("/CN=schedwatch tests {name}"),
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-addext",
+                "keyUsage=critical,keyCertSign,cRLSign",
+            ],
+        );
+        Ca {
+            cert: dir.join(cert),
+            key: dir.join(key),
+        }
+    }
+
+    /// A server certificate and key signed by this CA, for `127.0.0.1` and `localhost` (the
+    /// names a client on loopback checks): `server.crt` and `server.key` in `dir`.
+    fn sign_server(&self, dir: &Path) -> (PathBuf, PathBuf) {
+        std::fs::write(
+            dir.join("server.ext"),
+            "subjectAltName = IP:127.0.0.1, DNS:localhost\n\
+             basicConstraints = critical, CA:FALSE\n\
+             keyUsage = critical, digitalSignature\n\
+             extendedKeyUsage = serverAuth\n",
+        )
+        .unwrap();
+        openssl(
+            dir,
+            &[
+                "req",
+                "-new",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-keyout",
+                "server.key",
+                "-out",
+                "server.csr",
+                "-subj",
+                "/CN=localhost",
+            ],
+        );
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                "server.csr",
+                "-CA",
+                &self.cert.display().to_string(),
+                "-CAkey",
+                &self.key.display().to_string(),
+                "-CAcreateserial",
+                "-out",
+                "server.crt",
+                "-days",
+                "2",
+                "-extfile",
+                "server.ext",
+            ],
+        );
+        (dir.join("server.crt"), dir.join("server.key"))
+    }
 }
 
 /// The folder of the server binaries: `pg_config --bindir`, else Debian's newest.
@@ -49,6 +167,16 @@ fn succeed(cmd: &mut Command, what: &str) {
     );
 }
 
+/// Appends `text` to the file at `path`.
+fn append(path: &Path, text: &str) {
+    use std::io::Write as _;
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(path)
+        .and_then(|mut f| f.write_all(text.as_bytes()))
+        .unwrap_or_else(|e| panic!("append to {}: {e}", path.display()));
+}
+
 fn is_root() -> bool {
     Command::new("id")
         .arg("-u")
@@ -70,10 +198,27 @@ fn as_postgres(program: &Path) -> Command {
 impl Postgres {
     /// initdb and start on a free port; waits until it accepts connections.
     pub fn start() -> Postgres {
+        Postgres::start_with(false)
+    }
+
+    /// [`Postgres::start`], serving TLS only: `ssl = on` with a certificate for `127.0.0.1` and
+    /// `localhost` signed by a new CA ([`Postgres::ca_file`]), and a pg_hba.conf of `hostssl`
+    /// lines alone, so a connection without TLS is refused.
+    pub fn start_tls() -> Postgres {
+        Postgres::start_with(true)
+    }
+
+    fn start_with(tls: bool) -> Postgres {
         let dir = tempfile::Builder::new()
             .prefix("schedwatch-pg-")
             .tempdir()
             .expect("a temporary folder for PostgreSQL");
+        // Made before the chown below, so the server's key ends up the server's.
+        let certs = tls.then(|| {
+            let ca = Ca::generate(dir.path(), "ca");
+            let (cert, key) = ca.sign_server(dir.path());
+            (ca, cert, key)
+        });
         if is_root() {
             let status = Command::new("chown")
                 .args(["-R", "postgres:postgres"])
@@ -96,10 +241,32 @@ impl Postgres {
                 ]),
             "initdb",
         );
+        let ca = certs.map(|(ca, cert, key)| {
+            // The server refuses a key others can read.
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))
+                .expect("chmod 0600 the server key");
+            append(
+                &data.join("postgresql.conf"),
+                &format!(
+                    "\nssl = on\nssl_cert_file = '{}'\nssl_key_file = '{}'\n",
+                    cert.display(),
+                    key.display()
+                ),
+            );
+            // TLS or nothing: `hostssl` lines only (no `host`), loopback, trust.
+            std::fs::write(
+                data.join("pg_hba.conf"),
+                "hostssl all all 127.0.0.1/32 trust\nhostssl all all ::1/128 trust\n",
+            )
+            .unwrap();
+            ca
+        });
         let mut pg = Postgres {
             child: None,
             dir,
             port: free_port(),
+            ca,
         };
         pg.restart();
         succeed(
@@ -190,6 +357,16 @@ impl Postgres {
     /// `postgres://postgres@127.0.0.1:PORT/schedwatch`.
     pub fn url(&self) -> String {
         format!("postgres://postgres@127.0.0.1:{}/schedwatch", self.port)
+    }
+
+    /// The certificate of the CA that signed the server's, of a server from
+    /// [`Postgres::start_tls`].
+    pub fn ca_file(&self) -> &Path {
+        &self
+            .ca
+            .as_ref()
+            .expect("a server started with start_tls")
+            .cert
     }
 
     /// The port.
