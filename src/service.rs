@@ -807,7 +807,6 @@ impl Processor {
         }
     }
 
-    /// A receiver is done with a row; when all are, it is recorded with the next commit.
     /// Takes every report the receivers have sent so far, without waiting.
     fn take_reports(&mut self) {
         while let Ok(r) = self.reports.try_recv() {
@@ -815,6 +814,7 @@ impl Processor {
         }
     }
 
+    /// A receiver is done with a row; when all are, it is recorded with the next commit.
     fn report(&mut self, r: Report) {
         let Some((left, failed)) = self.pending.get_mut(&r.id) else {
             return;
