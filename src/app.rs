@@ -429,6 +429,7 @@ fn feed(
                     .block_on(crate::notify::deliver::deliver_one(
                         receiver.as_ref(),
                         alert,
+                        |_| {},
                     ));
             }
         }

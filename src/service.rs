@@ -32,14 +32,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::http::Mode;
 use crate::metrics::metrics;
-use crate::notify::deliver::{Dispatcher, Report};
+use crate::notify::deliver::{Dispatcher, Outcome, Report};
 use crate::notify::route::RouteConfig;
 use crate::pipeline::Pipeline;
 use crate::source::pubsub::{self, PubsubConfig};
 use crate::source::push::{PushConfig, PushReceiver, TokenVerifier};
 use crate::source::Received;
 use crate::store::{
-    Changes, EmbeddedStore, OutboxRow, PostgresConfig, PostgresStore, Sent, StoreError,
+    Changes, EmbeddedStore, OutboxRow, PostgresConfig, PostgresStore, Retried, Sent, StoreError,
 };
 
 /// `[state]` in the config file.
@@ -111,7 +111,8 @@ enum Store {
 /// With a shared store, how often a replica renews its outbox leases, claims rows whose lease
 /// ran out, and reads the open-incident count (or a third of the lease, when shorter).
 const SHARED_TICK: Duration = Duration::from_secs(10);
-/// How often expired dedup keys are deleted from a shared store.
+/// How often expired dedup keys are deleted from a shared store (at most: with a shorter
+/// retention, every retention).
 const EXPIRE_INTERVAL: Duration = Duration::from_secs(600);
 
 /// Everything the service runs with.
@@ -259,6 +260,7 @@ pub fn run(service: Service) -> anyhow::Result<()> {
                     reports,
                     pending: FxHashMap::default(),
                     done: Vec::new(),
+                    retried: FxHashMap::default(),
                     last_progress: (Instant::now(), 0),
                     failed_deliveries: 0,
                     rebuild,
@@ -335,10 +337,12 @@ struct Processor {
     dispatcher: Dispatcher,
     /// What the receivers' queues say they are done with.
     reports: mpsc::UnboundedReceiver<Report>,
-    /// Outbox rows handed to the receivers: how many are not done yet, and who refused.
-    pending: FxHashMap<u64, (usize, Vec<(String, String)>)>,
+    /// Outbox rows handed to the receivers, not done yet.
+    pending: FxHashMap<u64, InFlight>,
     /// Rows every receiver is done with, recorded with the next commit.
     done: Vec<Sent>,
+    /// With the shared store: failed tries to be repeated, recorded on their rows soon.
+    retried: FxHashMap<u64, Retried>,
     /// When progress was last logged, and the entry count then.
     last_progress: (Instant, u64),
     /// Deliveries a receiver refused for good.
@@ -351,6 +355,16 @@ struct Processor {
     next_tick: Instant,
     /// When expired dedup keys were last deleted.
     last_expiry: Instant,
+}
+
+/// An outbox row handed to receivers.
+struct InFlight {
+    /// How many receivers it went to.
+    receivers: u32,
+    /// How many of them are not done with it yet.
+    left: u32,
+    /// `(receiver, reason)` for each that refused it for good.
+    failed: Vec<(String, String)>,
 }
 
 /// Connects to the shared store, retrying with backoff until it answers or a signal comes.
@@ -401,10 +415,10 @@ impl Processor {
                 Store::Postgres(pg) => Some(
                     self.next_tick
                         .saturating_duration_since(Instant::now())
-                        .min(if self.done.is_empty() {
+                        .min(if self.done.is_empty() && self.retried.is_empty() {
                             SHARED_TICK.min(pg.lease() / 3)
                         } else {
-                            self.state.commit_interval
+                            self.state.commit_interval.max(self.backoff)
                         }),
                 ),
                 Store::Embedded(_) => (!self.done.is_empty()).then_some(self.state.commit_interval),
@@ -627,13 +641,16 @@ impl Processor {
     /// Records the deliveries done so far in the shared store (kept for later on failure);
     /// false when that failed.
     async fn record_now(&mut self, pg: &PostgresStore) -> bool {
-        if self.done.is_empty() {
+        if self.done.is_empty() && self.retried.is_empty() {
             return true;
         }
         let sent = std::mem::take(&mut self.done);
-        if let Err(e) = pg.record_deliveries(&sent).await {
+        let retried: Vec<Retried> = self.retried.drain().map(|(_, r)| r).collect();
+        if let Err(e) = pg.record_deliveries(&sent, &retried).await {
             tracing::warn!("shared state store: deliveries not recorded yet: {e}");
             self.done.extend(sent);
+            // Nothing was reported meanwhile (this holds the processor): put them back as they were.
+            self.retried.extend(retried.into_iter().map(|r| (r.id, r)));
             return false;
         }
         true
@@ -653,14 +670,19 @@ impl Processor {
         let m = metrics();
         m.commit(false);
         m.nacked.fetch_add(batch.len() as u64, Relaxed);
-        self.backoff =
-            (self.backoff * 2).clamp(Duration::from_millis(100), Duration::from_secs(10));
+        self.back_off();
         tracing::error!(
             messages = batch.len(),
             "shared state store: {e}; the batch is not committed and its messages will be redelivered (next try in {:?})",
             self.backoff
         );
         drop(batch);
+    }
+
+    /// After the shared store failed: the next try waits longer (100 ms doubling to 10 s).
+    fn back_off(&mut self) {
+        self.backoff =
+            (self.backoff * 2).clamp(Duration::from_millis(100), Duration::from_secs(10));
     }
 
     /// With a shared store, every [`SHARED_TICK`]: renew the leases of the alerts this replica
@@ -682,7 +704,7 @@ impl Processor {
             .copied()
             .chain(self.done.iter().map(|s| s.id))
             .collect();
-        let expire = self.last_expiry.elapsed() > EXPIRE_INTERVAL;
+        let expire = self.last_expiry.elapsed() > EXPIRE_INTERVAL.min(pg.retention());
         let result = self.handle.block_on(async {
             let rows = pg.claim(&pending, 100).await?;
             let open = pg.open_incidents().await?;
@@ -721,24 +743,32 @@ impl Processor {
         // Every delivery reported so far is recorded with this commit: the shorter the time
         // between delivering and recording, the fewer alerts a crash sends twice.
         self.take_reports();
+        let store = match &self.store {
+            Store::Embedded(store) => store,
+            Store::Postgres(pg) => {
+                // Only deliveries to record here: batches commit in process_shared.
+                if self.done.is_empty() && self.retried.is_empty() {
+                    return true;
+                }
+                let pg = pg.clone();
+                let handle = self.handle.clone();
+                let recorded = handle.block_on(self.record_now(&pg));
+                metrics().commit(recorded);
+                if recorded {
+                    self.backoff = Duration::ZERO;
+                } else {
+                    // Not again at once: the next idle wait is as long as a batch's would be.
+                    self.back_off();
+                }
+                return recorded;
+            }
+        };
         let mut changes: Changes = self.pipeline.take_changes(alerts);
         changes.sent = std::mem::take(&mut self.done);
         let done = changes.sent.clone();
         if changes.is_empty() {
             return true;
         }
-        let store = match &self.store {
-            Store::Embedded(store) => store,
-            Store::Postgres(pg) => {
-                // Only deliveries to record here: batches commit in process_shared.
-                let pg = pg.clone();
-                self.done = done;
-                let handle = self.handle.clone();
-                let recorded = handle.block_on(self.record_now(&pg));
-                metrics().commit(recorded);
-                return recorded;
-            }
-        };
         let started = Instant::now();
         let result = store.commit(changes);
         metrics().commit(result.is_ok());
@@ -801,7 +831,15 @@ impl Processor {
             match self.dispatcher.dispatch(row) {
                 0 => self.done.push(Sent::delivered(id)),
                 queued => {
-                    self.pending.insert(id, (queued, Vec::new()));
+                    let receivers = queued as u32;
+                    self.pending.insert(
+                        id,
+                        InFlight {
+                            receivers,
+                            left: receivers,
+                            failed: Vec::new(),
+                        },
+                    );
                 }
             }
         }
@@ -814,19 +852,40 @@ impl Processor {
         }
     }
 
-    /// A receiver is done with a row; when all are, it is recorded with the next commit.
+    /// A receiver tried a row. When every receiver is done with it, it is recorded with the
+    /// next commit; a try to be repeated is recorded on the shared store's row meanwhile.
     fn report(&mut self, r: Report) {
-        let Some((left, failed)) = self.pending.get_mut(&r.id) else {
+        let Some(row) = self.pending.get_mut(&r.id) else {
             return;
         };
-        *left -= 1;
-        if let Some(reason) = r.failed {
-            self.failed_deliveries += 1;
-            failed.push((r.receiver, reason));
+        match r.outcome {
+            Outcome::Retrying(reason) => {
+                if matches!(self.store, Store::Postgres(_)) {
+                    self.retried.insert(
+                        r.id,
+                        Retried {
+                            id: r.id,
+                            tries: self.retried.get(&r.id).map_or(0, |p| p.tries) + 1,
+                            last_error: format!("{}: {reason}", r.receiver),
+                        },
+                    );
+                }
+                return;
+            }
+            Outcome::Delivered => {}
+            Outcome::Failed(reason) => {
+                self.failed_deliveries += 1;
+                row.failed.push((r.receiver, reason));
+            }
         }
-        if *left == 0 {
-            let (_, failed) = self.pending.remove(&r.id).expect("present");
-            self.done.push(Sent { id: r.id, failed });
+        row.left -= 1;
+        if row.left == 0 {
+            let row = self.pending.remove(&r.id).expect("present");
+            self.done.push(Sent {
+                id: r.id,
+                failed: row.failed,
+                tries: row.receivers,
+            });
         }
     }
 }

@@ -174,8 +174,19 @@ pub struct Report {
     pub id: u64,
     /// The receiver.
     pub receiver: String,
-    /// `None` when delivered; the reason when it failed for good.
-    pub failed: Option<String>,
+    /// How the try went.
+    pub outcome: Outcome,
+}
+
+/// One try of a row at a receiver.
+#[derive(Debug, PartialEq)]
+pub enum Outcome {
+    /// Failed, to be tried again after a backoff: the reason.
+    Retrying(String),
+    /// Delivered: the receiver is done with the row.
+    Delivered,
+    /// Failed for good, with the reason: the receiver is done with the row.
+    Failed(String),
 }
 
 /// One queue and one task per receiver, and the routes that choose among them.
@@ -231,21 +242,33 @@ async fn deliver_queue(
     reports: mpsc::UnboundedSender<Report>,
 ) {
     while let Some(row) = rows.recv().await {
-        let failed = deliver_one(sink.as_ref(), &row.alert).await;
-        let report = Report {
+        let report = |outcome| Report {
             id: row.id,
             receiver: sink.name().to_owned(),
-            failed,
+            outcome,
         };
-        if reports.send(report).is_err() {
+        // Each failed try is reported too: the shared store records it on the row.
+        let failed = deliver_one(sink.as_ref(), &row.alert, |reason| {
+            let _ = reports.send(report(Outcome::Retrying(reason.to_owned())));
+        })
+        .await;
+        let outcome = match failed {
+            None => Outcome::Delivered,
+            Some(reason) => Outcome::Failed(reason),
+        };
+        if reports.send(report(outcome)).is_err() {
             return;
         }
     }
 }
 
 /// Tries until delivered (`None`) or failed for good (`Some(reason)`); counts each outcome in
-/// the receiver's metrics.
-pub async fn deliver_one(sink: &dyn Sink, alert: &Alert) -> Option<String> {
+/// the receiver's metrics, and tells `retrying` the reason of each try that will be repeated.
+pub async fn deliver_one(
+    sink: &dyn Sink,
+    alert: &Alert,
+    mut retrying: impl FnMut(&str),
+) -> Option<String> {
     let metrics = crate::metrics::metrics();
     let mut backoff = FIRST_BACKOFF;
     let mut attempt = 1u32;
@@ -278,6 +301,7 @@ pub async fn deliver_one(sink: &dyn Sink, alert: &Alert) -> Option<String> {
             Err(DeliveryError::Retryable { reason, after }) => {
                 let wait = after.unwrap_or_else(|| jittered(backoff)).min(MAX_BACKOFF);
                 tracing::warn!(receiver = sink.name(), incident_id = %alert.incident_id, attempt, "alert not delivered yet: {reason}; retrying in {wait:?}");
+                retrying(&reason);
                 tokio::time::sleep(wait).await;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
                 attempt += 1;

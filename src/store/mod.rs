@@ -82,16 +82,31 @@ pub struct Sent {
     pub id: u64,
     /// `(receiver, reason)` for each receiver that refused it for good.
     pub failed: Vec<(String, String)>,
+    /// The last tries: one per receiver the row went to.
+    pub tries: u32,
 }
 
 impl Sent {
-    /// A row delivered everywhere.
+    /// A row delivered everywhere, its tries already recorded (or none: no route chose it).
     pub fn delivered(id: u64) -> Sent {
         Sent {
             id,
             failed: Vec::new(),
+            tries: 0,
         }
     }
+}
+
+/// Tries of an outbox row that failed and will be repeated, since they were last recorded
+/// (the shared store keeps them on the row, for whoever looks at a stuck alert).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Retried {
+    /// The outbox row.
+    pub id: u64,
+    /// How many tries failed.
+    pub tries: u32,
+    /// The last one's `receiver: reason`.
+    pub last_error: String,
 }
 
 /// An outbox row: an alert waiting for delivery.

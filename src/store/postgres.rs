@@ -19,7 +19,9 @@
 //! A key inserted by a transaction that rolls back is gone with it: the redelivered message is
 //! new again. The outbox is delivered with leases: rows a replica committed are leased to it;
 //! a row whose lease ran out (its replica died) is claimed by another with
-//! `FOR UPDATE SKIP LOCKED`. Attempts and the last error are recorded on the row.
+//! `FOR UPDATE SKIP LOCKED` (counted in `takeovers`). Each try at a receiver is counted in
+//! `attempts`, and the last failed one's `receiver: reason` is kept in `last_error`: while a
+//! receiver is down, the row says so.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -29,7 +31,7 @@ use schedwatch_sinks::{Alert, SecretRef};
 use serde::Deserialize;
 use tokio_postgres::types::Json;
 
-use super::{OutboxRow, Sent, StoreError};
+use super::{OutboxRow, Retried, Sent, StoreError};
 use crate::incidents::Incident;
 use crate::JobKey;
 
@@ -105,6 +107,11 @@ const MIGRATIONS: &[&str] = &[
          failed jsonb,
          done_at timestamptz);
      CREATE INDEX outbox_pending ON outbox (id) WHERE done_at IS NULL;",
+    // 2: `attempts` counts tries at receivers; the times a replica took a row over from
+    // another, which version 1 counted there (1 + takeovers), move to their own column. The
+    // tries of rows version 1 wrote are unknown: at least the takes, which stay.
+    "ALTER TABLE outbox ADD COLUMN takeovers integer NOT NULL DEFAULT 0;
+     UPDATE outbox SET takeovers = greatest(attempts - 1, 0);",
 ];
 
 /// The advisory lock migrations run under (any constant; "schedwatch" in ASCII).
@@ -240,6 +247,11 @@ impl PostgresStore {
         Ok(store)
     }
 
+    /// How long dedup keys are kept.
+    pub fn retention(&self) -> Duration {
+        self.retention
+    }
+
     /// How long an outbox lease lasts.
     pub fn lease(&self) -> Duration {
         self.lease
@@ -265,8 +277,10 @@ impl PostgresStore {
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
             .await
             .map_err(|e| self.err(e))?;
+        // (Without the server's notice that the table exists, at every start.)
         tx.batch_execute(
-            "CREATE TABLE IF NOT EXISTS schedwatch_migrations (
+            "SET LOCAL client_min_messages = warning;
+             CREATE TABLE IF NOT EXISTS schedwatch_migrations (
                  version integer PRIMARY KEY,
                  applied_at timestamptz NOT NULL DEFAULT now())",
         )
@@ -386,8 +400,8 @@ impl PostgresStore {
             for alert in changes.alerts {
                 let row = client
                     .query_one(
-                        "INSERT INTO outbox (alert, lease_owner, lease_until, attempts)
-                         VALUES ($1, $2, clock_timestamp() + make_interval(secs => $3), 1) RETURNING id",
+                        "INSERT INTO outbox (alert, lease_owner, lease_until)
+                         VALUES ($1, $2, clock_timestamp() + make_interval(secs => $3)) RETURNING id",
                         &[&Json(&alert), &self.owner, &lease],
                     )
                     .await?;
@@ -416,17 +430,18 @@ impl PostgresStore {
         sent: &[Sent],
     ) -> Result<(), tokio_postgres::Error> {
         // Delivered everywhere (the common case): one statement for all of them.
-        let delivered: Vec<i64> = sent
+        let (delivered, tries): (Vec<i64>, Vec<i32>) = sent
             .iter()
             .filter(|s| s.failed.is_empty())
-            .map(|s| s.id as i64)
-            .collect();
+            .map(|s| (s.id as i64, s.tries as i32))
+            .unzip();
         if !delivered.is_empty() {
             client
                 .execute(
-                    "UPDATE outbox SET done_at = now(), lease_owner = NULL, lease_until = NULL
-                     WHERE id = ANY($1)",
-                    &[&delivered],
+                    "UPDATE outbox o SET done_at = now(), lease_owner = NULL, lease_until = NULL,
+                         attempts = o.attempts + d.tries
+                     FROM unnest($1::int8[], $2::int4[]) AS d (id, tries) WHERE o.id = d.id",
+                    &[&delivered, &tries],
                 )
                 .await?;
         }
@@ -441,21 +456,40 @@ impl PostgresStore {
             client
                 .execute(
                     "UPDATE outbox SET done_at = now(), failed = $2, last_error = coalesce($3, last_error),
-                         lease_owner = NULL, lease_until = NULL
+                         lease_owner = NULL, lease_until = NULL, attempts = attempts + $4
                      WHERE id = $1",
-                    &[&(s.id as i64), &failed, &last_error],
+                    &[&(s.id as i64), &failed, &last_error, &(s.tries as i32)],
                 )
                 .await?;
         }
         Ok(())
     }
 
-    /// Records deliveries outside a batch (nothing else to commit).
-    pub async fn record_deliveries(&self, sent: &[Sent]) -> Result<(), StoreError> {
-        if sent.is_empty() {
+    /// Records deliveries outside a batch (nothing else to commit): rows done, and failed
+    /// tries of rows still being tried.
+    pub async fn record_deliveries(
+        &self,
+        sent: &[Sent],
+        retried: &[Retried],
+    ) -> Result<(), StoreError> {
+        if sent.is_empty() && retried.is_empty() {
             return Ok(());
         }
         let client = self.client().await?;
+        if !retried.is_empty() {
+            let ids: Vec<i64> = retried.iter().map(|r| r.id as i64).collect();
+            let tries: Vec<i32> = retried.iter().map(|r| r.tries as i32).collect();
+            let errors: Vec<&str> = retried.iter().map(|r| r.last_error.as_str()).collect();
+            client
+                .execute(
+                    "UPDATE outbox o SET attempts = o.attempts + d.tries, last_error = d.error
+                     FROM unnest($1::int8[], $2::int4[], $3::text[]) AS d (id, tries, error)
+                     WHERE o.id = d.id",
+                    &[&ids, &tries, &errors],
+                )
+                .await
+                .map_err(|e| self.err(e))?;
+        }
         Self::record_sent(&client, sent)
             .await
             .map_err(|e| self.err(e))
@@ -478,7 +512,7 @@ impl PostgresStore {
         let rows = client
             .query(
                 "UPDATE outbox SET lease_owner = $1, lease_until = clock_timestamp() + make_interval(secs => $2),
-                     attempts = attempts + 1
+                     takeovers = takeovers + 1
                  WHERE id IN (SELECT id FROM outbox
                               WHERE done_at IS NULL AND (lease_until IS NULL OR lease_until < clock_timestamp())
                               ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED)

@@ -16,13 +16,14 @@ use serde::de::{
 
 use crate::common::{self, stderr};
 
-fn read(rel: &str) -> String {
+/// A file of this repository, as text.
+pub fn read(rel: &str) -> String {
     std::fs::read_to_string(common::root().join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
 }
 
 /// The fenced blocks of one language, in order. Fences may be indented (inside a list item);
 /// the block's lines lose that indentation.
-fn blocks(markdown: &str, lang: &str) -> Vec<String> {
+pub fn blocks(markdown: &str, lang: &str) -> Vec<String> {
     let open = format!("```{lang}");
     let mut out = Vec::new();
     let mut current: Option<(usize, String)> = None;

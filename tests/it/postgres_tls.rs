@@ -20,27 +20,32 @@ use crate::endpoints::eventually;
 const APPLICATION: &str = "schedwatch-tls-test";
 
 /// The line schedwatch logs each time it fails to connect to the shared store.
-const CANNOT_REACH: &str = "cannot reach the shared state store";
+pub const CANNOT_REACH: &str = "cannot reach the shared state store";
 
 /// A config: push source served on `address`, the state in `pg` with the `tls` lines given.
 fn config(dir: &Path, address: &str, pg: &Postgres, tls: &str) -> PathBuf {
-    let url = common::write(
-        dir,
-        "pg-url",
-        format!("{}?application_name={APPLICATION}", pg.url()),
-    );
+    let url = format!("{}?application_name={APPLICATION}", pg.url());
+    push_config(dir, address, &url, tls, "")
+}
+
+/// A config: push source served on `address` (no token checks), the state in PostgreSQL at
+/// `url` (kept in a file, as a secret) with more `[state.postgres]` lines `postgres`, then
+/// `rest` (receivers, say).
+pub fn push_config(dir: &Path, address: &str, url: &str, postgres: &str, rest: &str) -> PathBuf {
+    let url = common::write(dir, "pg-url", url);
     common::write(
         dir,
         "config.toml",
         format!(
             "[server]\nlisten = \"{address}\"\n\n[source.push]\nallow_unauthenticated = true\n\n\
-             [state.postgres]\nurl = {{ file = \"{}\" }}\npool_size = 2\n{tls}\n",
+             [state.postgres]\nurl = {{ file = \"{}\" }}\npool_size = 2\n{postgres}\n\n{rest}",
             url.display()
         ),
     )
 }
 
-fn start(dir: &Path, config: &Path) -> Service {
+/// `schedwatch run --config config`, its files in `dir`, numbered `n`.
+pub fn start_numbered(dir: &Path, config: &Path, n: usize) -> Service {
     Start {
         emulator: None,
         sub: "",
@@ -48,19 +53,23 @@ fn start(dir: &Path, config: &Path) -> Service {
         state: &dir.join("state"),
         config: Some(config),
         dir,
-        n: 0,
+        n,
         args: &[],
     }
     .spawn()
 }
 
+fn start(dir: &Path, config: &Path) -> Service {
+    start_numbered(dir, config, 0)
+}
+
 /// `GET /readyz`: its status, 0 when nothing answers.
-fn ready(address: &str) -> u16 {
+pub fn ready(address: &str) -> u16 {
     http_with(address, "GET", "/readyz", &[], None, Duration::from_secs(2)).map_or(0, |r| r.status)
 }
 
 /// The shared 401 entry with its own insertId and timestamp (minute `n`), in a push envelope.
-fn failure(n: usize) -> Vec<u8> {
+pub fn failure(n: usize) -> Vec<u8> {
     let fixture: Value = serde_json::from_slice(
         &std::fs::read(common::fixture("pubsub/push_envelope_401.json")).unwrap(),
     )
@@ -83,7 +92,7 @@ fn failure(n: usize) -> Vec<u8> {
 }
 
 /// POSTs `body` to the push endpoint; the status and the answer's text.
-fn push(address: &str, body: &[u8]) -> (u16, String) {
+pub fn push(address: &str, body: &[u8]) -> (u16, String) {
     let reply = http_with(
         address,
         "POST",
@@ -98,7 +107,7 @@ fn push(address: &str, body: &[u8]) -> (u16, String) {
 
 /// Waits until schedwatch has failed to connect `n` times (it retries with a growing delay:
 /// 0.2 s, 0.4 s, …); the first such line. Panics if it connects or exits instead.
-fn connect_failure(service: &mut Service, n: usize) -> String {
+pub fn connect_failure(service: &mut Service, n: usize) -> String {
     let end = Instant::now() + Duration::from_secs(30);
     loop {
         let log = service.stderr();

@@ -373,7 +373,7 @@ fn three_replicas_on_postgresql_fire_every_incident_once_through_a_kill_9_and_a_
     // The crash window: rows the killed replica held, claimed by another after their lease ran
     // out. A duplicate outside it (a row no one had to take over) would be a bug.
     let taken_over: BTreeSet<(String, String)> = pg
-        .sql("SELECT alert->>'incident_id', alert->>'event' FROM outbox WHERE attempts > 1")
+        .sql("SELECT alert->>'incident_id', alert->>'event' FROM outbox WHERE takeovers > 0")
         .lines()
         .map(|l| {
             let (id, event) = l.split_once('|').unwrap();

@@ -359,6 +359,30 @@ impl Postgres {
         format!("postgres://postgres@127.0.0.1:{}/schedwatch", self.port)
     }
 
+    /// `postgres://USER@127.0.0.1:PORT/schedwatch`.
+    pub fn url_as(&self, user: &str) -> String {
+        format!("postgres://{user}@127.0.0.1:{}/schedwatch", self.port)
+    }
+
+    /// Makes `user` the owner of the test database, logging in with `password` and nothing
+    /// else: SCRAM for every user on TCP but `postgres` (the tests' psql), the configuration
+    /// reloaded.
+    pub fn require_password(&self, user: &str, password: &str) {
+        self.sql(&format!(
+            "SET password_encryption = 'scram-sha-256';
+             CREATE ROLE {user} LOGIN PASSWORD '{password}';
+             ALTER DATABASE schedwatch OWNER TO {user};"
+        ));
+        std::fs::write(
+            self.dir.path().join("data/pg_hba.conf"),
+            "host all postgres 127.0.0.1/32 trust\nhost all all 127.0.0.1/32 scram-sha-256\n",
+        )
+        .expect("pg_hba.conf written");
+        assert_eq!(self.sql("SELECT pg_reload_conf()"), "t");
+        let rules = self.sql("SELECT count(*) FROM pg_hba_file_rules WHERE auth_method = 'scram-sha-256' AND error IS NULL");
+        assert_eq!(rules, "1", "the SCRAM line is in force");
+    }
+
     /// The certificate of the CA that signed the server's, of a server from
     /// [`Postgres::start_tls`].
     pub fn ca_file(&self) -> &Path {
