@@ -85,6 +85,16 @@ pub struct Metrics {
     pub api_lookups: AtomicU64,
     /// Look-ups that failed.
     pub api_errors: AtomicU64,
+    /// Cloud Scheduler API calls that were `ListJobs` pages (also in `api_lookups`).
+    pub api_list_calls: AtomicU64,
+    /// Failing jobs answered from a cached config, without a call.
+    pub api_cached_configs: AtomicU64,
+    /// Failing jobs answered from a remembered failed look-up, without a call.
+    pub api_cached_failures: AtomicU64,
+    /// Failing jobs absent from a fresh listing of their location: not found, without a call.
+    pub api_not_listed: AtomicU64,
+    /// Failing jobs not asked about: the API did not answer lately, or too many calls waited.
+    pub api_not_asked: AtomicU64,
     /// How long a batch's store transaction took, from its first statement to its commit
     /// (with a shared store, including the wait for other replicas' row locks).
     pub store_transaction: Histogram,
@@ -349,6 +359,30 @@ impl Metrics {
             "counter",
             "Cloud Scheduler API reads that failed.",
             &one(get(&self.api_errors)),
+        );
+        family(
+            "scheduler_api_list_calls_total",
+            "counter",
+            "Cloud Scheduler API ListJobs pages read (one listing answers every job of a location).",
+            &one(get(&self.api_list_calls)),
+        );
+        let answered = [
+            ("config", &self.api_cached_configs),
+            ("failure", &self.api_cached_failures),
+            ("not_listed", &self.api_not_listed),
+        ]
+        .map(|(kind, n)| (label("answer", kind), get(n).to_string()));
+        family(
+            "scheduler_api_cache_hits_total",
+            "counter",
+            "Failing jobs answered without a call: a cached config, a remembered failure, or absent from a fresh listing.",
+            &answered,
+        );
+        family(
+            "scheduler_api_not_asked_total",
+            "counter",
+            "Failing jobs not asked about (auth-config-unavailable): the API did not answer lately, or too many calls waited.",
+            &one(get(&self.api_not_asked)),
         );
         family(
             "store_commits_total",

@@ -2,8 +2,9 @@
 //!
 //! Every door (`replay`, `run`, the demo) feeds input items to [`Pipeline::process_item`] and
 //! takes the alerts it appends. The pipeline is synchronous: it is CPU work over one entry at a
-//! time, and the only I/O it may do — a Cloud Scheduler API look-up when a job fails — blocks
-//! on the client's runtime from the pipeline's own thread.
+//! time. The only I/O it may do — Cloud Scheduler API look-ups for failing jobs — is made
+//! before a batch ([`Pipeline::process_batch`]), concurrently and within one deadline, on the
+//! client's runtime; an entry processed on its own looks its job up alone.
 
 use std::collections::BTreeMap;
 
@@ -207,6 +208,26 @@ impl Pipeline {
             self.process(decoded, out);
         }
         self.scratch = scratch;
+    }
+
+    /// Processes a batch of decoded entries, in order. The Cloud Scheduler API look-ups its
+    /// auth failures need are made first, together and under one deadline (the API's
+    /// `timeout`), so entries never wait on the API one by one.
+    pub fn process_batch(&mut self, batch: Vec<Decoded>, out: &mut Vec<Alert>) {
+        let failing = batch.iter().flatten().filter(|a| {
+            a.phase == Phase::Finished
+                && matches!(
+                    a.outcome,
+                    Outcome::Unauthenticated | Outcome::PermissionDenied
+                )
+        });
+        let incidents = &self.incidents;
+        self.correlator
+            .prepare(failing.map(|a| (&a.job, incidents.get(&a.job).is_none())));
+        for decoded in batch {
+            self.process(decoded, out);
+        }
+        self.correlator.end_batch();
     }
 
     /// Decodes one item without processing it (for sources that reorder, like JSON arrays).

@@ -16,7 +16,9 @@
 //! commit order equal to processing order. A batch's messages are acked only after the batch's
 //! effect — dedup keys, incident state, outbox rows — is committed. When a commit fails, the
 //! batch's messages are dropped unacked (the client nacks them, so they come back) and the
-//! pipeline's memory is rebuilt from the store, so nothing it did not commit survives.
+//! pipeline's memory is rebuilt from the store, so nothing it did not commit survives. The
+//! Cloud Scheduler API look-ups a batch needs are made before it is processed, together, and
+//! wait the API's `timeout` at most; a batch that needs none does not wait at all.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -513,10 +515,12 @@ impl Processor {
             let pg = pg.clone();
             return self.process_shared(&pg, batch);
         }
-        let mut alerts = Vec::new();
+        let mut decoded = Vec::with_capacity(batch.len());
         for m in &batch {
-            self.pipeline.process_item(&m.data, &mut alerts);
+            self.pipeline.decode(&m.data, &mut decoded);
         }
+        let mut alerts = Vec::new();
+        self.pipeline.process_batch(decoded, &mut alerts);
         let made = alerts.len();
         let started = Instant::now();
         let committed = self.commit(alerts);
@@ -568,10 +572,10 @@ impl Processor {
             std::mem::take(&mut tx.incidents),
             std::mem::take(&mut tx.fresh),
         );
+        // The API look-ups wait inside the transaction (its timeout at most): which incidents
+        // open, and so which configs are fetched again, is known only now.
         let mut alerts = Vec::new();
-        for d in decoded {
-            self.pipeline.process(d, &mut alerts);
-        }
+        self.pipeline.process_batch(decoded, &mut alerts);
         let made = alerts.len();
         let mut changes = self.pipeline.take_changes(alerts);
         changes.sent = std::mem::take(&mut self.done);

@@ -3,6 +3,10 @@
 //! Two sources, tried in order: the job inventory (files: [`inventory`]) and the live Cloud
 //! Scheduler API ([`scheduler_api`]). A failed look-up is never an error for the pipeline: the
 //! diagnosis becomes `auth-config-unavailable` and the reason is logged.
+//!
+//! The API is asked before a batch, not during it: [`Correlator::prepare`] fetches what the
+//! batch's failures need, concurrently and under one deadline, and [`Correlator::lookup`] then
+//! answers from memory.
 
 pub mod inventory;
 pub mod job;
@@ -63,6 +67,38 @@ impl Correlator {
         Correlator { inventory, api }
     }
 
+    /// Before a batch: fetches from the API, together and within its timeout, the configs of
+    /// the failing `jobs` the inventory lacks (`true`: the job's incident opens, so its config
+    /// is fetched again). Until [`Correlator::end_batch`], their look-ups make no call.
+    pub fn prepare<'a>(&mut self, jobs: impl IntoIterator<Item = (&'a JobKey, bool)>) {
+        let Some(api) = &mut self.api else {
+            return;
+        };
+        let mut needs = rustc_hash::FxHashMap::default();
+        for (key, opening) in jobs {
+            if self
+                .inventory
+                .as_ref()
+                .is_some_and(|i| i.get(key).is_some())
+            {
+                continue;
+            }
+            if let Some(o) = needs.get_mut(key) {
+                *o |= opening;
+            } else {
+                needs.insert(key.clone(), opening);
+            }
+        }
+        api.prepare(needs);
+    }
+
+    /// The batch is processed: a job looked up from now on is fetched on its own.
+    pub fn end_batch(&mut self) {
+        if let Some(api) = &mut self.api {
+            api.end_batch();
+        }
+    }
+
     /// The job's config. `opening` asks the API for a fresh copy (an incident is opening).
     pub fn lookup(&mut self, key: &JobKey, opening: bool) -> Lookup {
         if let Some(config) = self.inventory.as_ref().and_then(|i| i.get(key)) {
@@ -99,6 +135,6 @@ impl Correlator {
 
     /// API calls made and failed.
     pub fn api_counts(&self) -> (u64, u64) {
-        self.api.as_ref().map_or((0, 0), |a| (a.calls, a.errors))
+        self.api.as_ref().map_or((0, 0), SchedulerApi::counts)
     }
 }
