@@ -54,9 +54,16 @@ fn google_error(code: u16, message: &str, status: &str) -> Response {
 /// A fake of the Cloud Scheduler REST API: `GetJob` for every job of [`pages`] (or what `get`
 /// answers first), 404 with Google's error body for others, and `ListJobs` in two pages.
 fn fake_api(get: impl Fn(&str) -> Option<Value> + Send + Sync + 'static) -> FakeServer {
+    FakeServer::start(api(get))
+}
+
+/// [`fake_api`]'s handler.
+fn api(
+    get: impl Fn(&str) -> Option<Value> + Send + Sync + 'static,
+) -> impl Fn(&Request) -> Response + Send + Sync + 'static {
     let (first, second) = pages();
     let all: Vec<Value> = first.iter().chain(&second).cloned().collect();
-    FakeServer::start(move |req| {
+    move |req| {
         if req.method != "GET" {
             return google_error(405, "Method not allowed.", "UNIMPLEMENTED");
         }
@@ -80,7 +87,7 @@ fn fake_api(get: impl Fn(&str) -> Option<Value> + Send + Sync + 'static) -> Fake
             Some(job) => Response::json(200, &job),
             None => google_error(404, "Job not found.", "NOT_FOUND"),
         }
-    })
+    }
 }
 
 fn known_jobs() -> FakeServer {
@@ -582,4 +589,442 @@ fn requests_carry_no_authorization_header_in_anonymous_mode() {
             "{r:?}"
         );
     }
+}
+
+// ---- look-ups off the hot path (issue 13, point 8) -------------------------------------------
+//
+// Anyone who may write log entries can name any job, so each failure may carry a new, forged job
+// id; the API may be slow. The checks count the requests the fake received, not wall time.
+
+/// One 401 AttemptFinished entry of `location`/`job_id`.
+fn failure_at(location: &str, job_id: &str, insert_id: &str, timestamp: &str) -> Value {
+    let mut e = read_json(fixture("logs/attempt_finished_401_oidc_run_job.json"));
+    e["insertId"] = json!(insert_id);
+    e["timestamp"] = json!(timestamp);
+    e["resource"]["labels"]["location"] = json!(location);
+    e["resource"]["labels"]["job_id"] = json!(job_id);
+    e["jsonPayload"]["jobName"] = json!(format!(
+        "projects/{PROJECT}/locations/{location}/jobs/{job_id}"
+    ));
+    e
+}
+
+/// One failure of each job, in [`LOCATION`], as NDJSON.
+fn one_failure_each(jobs: &[String]) -> String {
+    jobs.iter()
+        .enumerate()
+        .map(|(i, j)| {
+            failure_at(
+                LOCATION,
+                j,
+                &format!("f-{j}"),
+                &format!("2026-03-02T02:00:{:02}Z", i % 60),
+            )
+            .to_string()
+                + "\n"
+        })
+        .collect()
+}
+
+fn forged(prefix: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{prefix}-{i}")).collect()
+}
+
+fn list_calls(reqs: &[Request]) -> Vec<String> {
+    reqs.iter()
+        .filter(|r| r.route() == format!("{PARENT}/jobs"))
+        .map(|r| r.query("pageToken").unwrap_or_default())
+        .collect()
+}
+
+/// `[incidents] min_failures = 1`: every forged id fires at once, so each look-up shows.
+const FIRE_AT_ONCE: &str = "\n[incidents]\nmin_failures = 1\n";
+
+/// Every alert is `auth-config-unavailable` with `auth.source` `unavailable`.
+fn all_unavailable(alerts: &[Value]) {
+    for a in alerts {
+        assert_eq!(a["diagnosis"]["code"], "auth-config-unavailable", "{a:#}");
+        assert_eq!(a["auth"]["source"], "unavailable", "{a:#}");
+    }
+}
+
+#[test]
+fn fifty_forged_job_ids_in_one_location_cost_one_listing_not_fifty_get_jobs() {
+    let api = known_jobs();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &api.url(), FIRE_AT_ONCE);
+    let jobs = forged("forged", 50);
+    let logs = write(dir.path(), "logs.ndjson", one_failure_each(&jobs));
+
+    let out = replay(&cfg, &logs);
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    let alerts = ndjson(&out);
+    assert_eq!(alerts.len(), 50, "{err}");
+    all_unavailable(&alerts);
+
+    // replay feeds entries one by one: the first id is a GetJob; its 404 makes the next
+    // unknown id of the location a listing (both pages); the other 48 are not in it.
+    let reqs = api.requests();
+    assert_real_anonymous_calls(&reqs);
+    let gets: Vec<&str> = reqs
+        .iter()
+        .map(|r| r.route())
+        .filter(|r| *r != format!("{PARENT}/jobs"))
+        .collect();
+    assert_eq!(gets, [format!("{PARENT}/jobs/forged-0")], "{reqs:#?}");
+    assert_eq!(list_calls(&reqs), ["", PAGE_2], "one listing, two pages");
+}
+
+#[test]
+fn a_listing_finds_a_job_on_its_second_page_and_answers_an_absent_one_without_a_call() {
+    let api = known_jobs();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &api.url(), FIRE_AT_ONCE);
+    // A forged id (GetJob: 404), then a real job of page 2 (the location is listed), then
+    // another forged id (not in the fresh listing: no call).
+    let logs = one_failure_each(&[
+        "ghost-a".into(),
+        "report-rollup-aud".into(),
+        "ghost-b".into(),
+    ]);
+    let logs = write(dir.path(), "logs.ndjson", logs);
+
+    let out = replay(&cfg, &logs);
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    let by_job: BTreeMap<String, Value> = ndjson(&out)
+        .into_iter()
+        .map(|a| (a["job"]["id"].as_str().unwrap_or_default().to_owned(), a))
+        .collect();
+    let found = &by_job["report-rollup-aud"];
+    assert_eq!(found["auth"]["source"], "scheduler_api", "{found:#}");
+    assert_eq!(
+        found["diagnosis"]["code"], "oidc-audience-mismatch",
+        "diagnosed from the config on page 2: {found:#}"
+    );
+    for ghost in ["ghost-a", "ghost-b"] {
+        all_unavailable(&[by_job[ghost].clone()]);
+    }
+
+    let reqs = api.requests();
+    assert_real_anonymous_calls(&reqs);
+    assert_eq!(get_job_calls(&reqs, "ghost-a"), 1, "{reqs:#?}");
+    assert_eq!(get_job_calls(&reqs, "report-rollup-aud"), 0, "{reqs:#?}");
+    assert_eq!(
+        get_job_calls(&reqs, "ghost-b"),
+        0,
+        "not in a fresh listing: not found without a call: {reqs:#?}"
+    );
+    assert_eq!(list_calls(&reqs), ["", PAGE_2], "{reqs:#?}");
+    assert_eq!(reqs.len(), 3, "{reqs:#?}");
+}
+
+#[test]
+fn the_same_unknown_jobs_repeated_cost_one_call_each() {
+    let api = known_jobs();
+    let dir = tempfile::tempdir().unwrap();
+    // Another location, where listing is a 404 too: every id there is asked about once.
+    let cfg = config(dir.path(), &api.url(), FIRE_AT_ONCE);
+    let mut logs = String::new();
+    for round in 0..20 {
+        for job in ["ghost-x", "ghost-y"] {
+            let ts = format!("2026-03-02T03:{round:02}:00Z");
+            logs +=
+                &(failure_at("us-east1", job, &format!("{job}-{round}"), &ts).to_string() + "\n");
+        }
+    }
+    let logs = write(dir.path(), "logs.ndjson", logs);
+
+    let out = replay(&cfg, &logs);
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    let alerts = ndjson(&out);
+    all_unavailable(&alerts);
+    assert_eq!(alerts.len(), 2, "one incident each, firing once: {err}");
+    let reqs = api.requests();
+    // ghost-x: a GetJob (404); ghost-y: the location had a 404, so it is listed (a 404 too).
+    assert_eq!(reqs.len(), 2, "40 failures, one call per job: {reqs:#?}");
+    assert_eq!(
+        reqs[0].route(),
+        "/v1/projects/acme-data-prod/locations/us-east1/jobs/ghost-x"
+    );
+    assert_eq!(
+        reqs[1].route(),
+        "/v1/projects/acme-data-prod/locations/us-east1/jobs"
+    );
+}
+
+/// How many requests the fake held at once, at most.
+#[derive(Default)]
+struct InFlight {
+    now: AtomicUsize,
+    max: AtomicUsize,
+}
+
+/// The fake API, answering each request only after `delay` and counting requests in flight.
+fn held_api(delay: Duration) -> (FakeServer, Arc<InFlight>) {
+    let gauge = Arc::new(InFlight::default());
+    let counted = Arc::clone(&gauge);
+    let answer = api(|_| None);
+    let server = FakeServer::start(move |req| {
+        let n = counted.now.fetch_add(1, Ordering::SeqCst) + 1;
+        counted.max.fetch_max(n, Ordering::SeqCst);
+        std::thread::sleep(delay);
+        counted.now.fetch_sub(1, Ordering::SeqCst);
+        answer(req)
+    });
+    (server, gauge)
+}
+
+#[test]
+fn a_slow_api_costs_one_timeout_not_one_per_forged_job() {
+    // The fake answers after 4 s; the timeout is 1 s.
+    let (api, _) = held_api(Duration::from_secs(4));
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(
+        dir.path(),
+        &api.url(),
+        &format!("timeout = \"1s\"\n{FIRE_AT_ONCE}"),
+    );
+    let logs = write(
+        dir.path(),
+        "logs.ndjson",
+        one_failure_each(&forged("forged", 50)),
+    );
+
+    let out = replay(&cfg, &logs);
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    let alerts = ndjson(&out);
+    assert_eq!(alerts.len(), 50, "{err}");
+    all_unavailable(&alerts);
+    let reqs = api.requests();
+    assert_eq!(
+        reqs.len(),
+        1,
+        "the first call got no answer within its timeout: no new call for error_ttl: {reqs:#?}"
+    );
+    assert!(
+        err.contains("did not answer"),
+        "says why it stopped asking: {err}"
+    );
+}
+
+// ---- the same through `run` on push requests: a batch's look-ups are made together ----------
+
+/// An envelope as Pub/Sub pushes it, around one log entry.
+fn envelope(entry: &Value, id: usize) -> Vec<u8> {
+    use base64::Engine as _;
+    let data = base64::engine::general_purpose::STANDARD.encode(entry.to_string());
+    json!({"message": {"data": data, "messageId": id.to_string()},
+           "subscription": "projects/acme-ops/subscriptions/schedwatch-push"})
+    .to_string()
+    .into_bytes()
+}
+
+/// `run` on push requests with the API at `endpoint` (plus `api` lines): `batch` messages make
+/// a batch (the batch closes at that count; 5 s is only a bound for a slow machine).
+fn push_service(
+    dir: &Path,
+    endpoint: &str,
+    api: &str,
+    batch: usize,
+) -> (crate::common::service::Service, String) {
+    let address = format!("127.0.0.1:{}", crate::common::emulator::free_port());
+    let cfg = config(
+        dir,
+        endpoint,
+        &format!(
+            "{api}{FIRE_AT_ONCE}\n[server]\nlisten = \"{address}\"\n\n[source.push]\nallow_unauthenticated = true\n\n[state]\ncommit_max_messages = {batch}\ncommit_interval = \"5s\"\n"
+        ),
+    );
+    let mut service = crate::common::service::Start {
+        emulator: None,
+        sub: "",
+        jobs: None,
+        state: &dir.join("state"),
+        config: Some(&cfg),
+        dir,
+        n: 0,
+        args: &[],
+    }
+    .spawn();
+    crate::endpoints::eventually(&mut service, "ready", Duration::from_secs(30), || {
+        http_with(
+            &address,
+            "GET",
+            "/readyz",
+            &[],
+            None,
+            Duration::from_secs(2),
+        )
+        .is_ok_and(|r| r.status == 200)
+    });
+    (service, address)
+}
+
+/// Pushes every entry at once (one request each, all waiting for their commit); the statuses.
+fn push_all(address: &str, entries: &[Value], first_id: usize) -> Vec<u16> {
+    std::thread::scope(|s| {
+        let pushes: Vec<_> = entries
+            .iter()
+            .enumerate()
+            .map(|(i, e)| {
+                s.spawn(move || {
+                    let body = envelope(e, first_id + i);
+                    http_with(
+                        address,
+                        "POST",
+                        "/pubsub/push",
+                        &[],
+                        Some(&body),
+                        Duration::from_secs(40),
+                    )
+                    .map_or(0, |r| r.status)
+                })
+            })
+            .collect();
+        pushes.into_iter().map(|p| p.join().unwrap()).collect()
+    })
+}
+
+fn entries_of(location: &str, jobs: &[String], minute: u32) -> Vec<Value> {
+    jobs.iter()
+        .enumerate()
+        .map(|(i, j)| {
+            failure_at(
+                location,
+                j,
+                &format!("p-{j}-{minute}"),
+                &format!("2026-03-02T04:{minute:02}:{:02}Z", i % 60),
+            )
+        })
+        .collect()
+}
+
+use crate::common::emulator::http_with;
+
+#[test]
+fn a_pushed_batch_of_forged_ids_is_one_listing_and_the_next_batch_makes_no_call() {
+    let api = known_jobs();
+    let dir = tempfile::tempdir().unwrap();
+    let (mut service, address) = push_service(dir.path(), &api.url(), "", 21);
+
+    // One batch: twenty forged ids and a real job of page 2.
+    let mut jobs = forged("forged", 20);
+    jobs.push("report-rollup-aud".into());
+    let statuses = push_all(&address, &entries_of(LOCATION, &jobs, 0), 0);
+    assert!(
+        statuses.iter().all(|s| (200..300).contains(s)),
+        "{statuses:?}"
+    );
+    // The next batch: twenty more forged ids of the same location.
+    let more = forged("later", 21);
+    let statuses = push_all(&address, &entries_of(LOCATION, &more, 1), 100);
+    assert!(
+        statuses.iter().all(|s| (200..300).contains(s)),
+        "{statuses:?}"
+    );
+
+    let alerts = service.wait_for("42 alerts", Duration::from_secs(60), |a| a.len() >= 42);
+    let (found, unavailable): (Vec<Value>, Vec<Value>) = alerts
+        .into_iter()
+        .partition(|a| a["job"]["id"] == "report-rollup-aud");
+    assert_eq!(
+        found[0]["auth"]["source"], "scheduler_api",
+        "{:#}",
+        found[0]
+    );
+    all_unavailable(&unavailable);
+
+    let reqs = api.requests();
+    assert_real_anonymous_calls(&reqs);
+    assert_eq!(
+        list_calls(&reqs),
+        ["", PAGE_2],
+        "the first batch lists the location, the second is answered by the listing: {reqs:#?}"
+    );
+    assert_eq!(reqs.len(), 2, "not one GetJob: {reqs:#?}");
+    let m = crate::endpoints::scrape(&address);
+    assert_eq!(
+        m["schedwatch_scheduler_api_list_calls_total"], 2.0,
+        "{m:#?}"
+    );
+    assert_eq!(
+        m[r#"schedwatch_scheduler_api_cache_hits_total{answer="not_listed"}"#], 21.0,
+        "{m:#?}"
+    );
+    crate::common::service::assert_clean_exit(service.terminate());
+}
+
+#[test]
+fn a_slow_api_holds_a_pushed_batch_once_by_its_timeout_and_later_batches_not_at_all() {
+    let (api, _) = held_api(Duration::from_secs(4));
+    let dir = tempfile::tempdir().unwrap();
+    let (mut service, address) = push_service(dir.path(), &api.url(), "timeout = \"1s\"\n", 20);
+
+    // Round 0 lists the location: no answer within 1 s. Round 1, in another location, is not
+    // asked (the API is silent). Round 2, back in the first location, is answered by its failed
+    // listing, remembered for error_ttl.
+    for (round, location) in [LOCATION, "us-east1", LOCATION].into_iter().enumerate() {
+        let jobs = forged(&format!("round{round}"), 20);
+        let entries = entries_of(location, &jobs, round as u32);
+        let statuses = push_all(&address, &entries, 100 * round);
+        assert!(
+            statuses.iter().all(|s| (200..300).contains(s)),
+            "acked, not 503: {statuses:?}\n{}",
+            crate::common::service::tail(&service.stderr())
+        );
+    }
+    let alerts = service.wait_for("60 alerts", Duration::from_secs(60), |a| a.len() >= 60);
+    all_unavailable(&alerts);
+    let reqs = api.requests();
+    assert_eq!(
+        list_calls(&reqs),
+        [""],
+        "one listing, unanswered; then no call while the API is silent: {reqs:#?}"
+    );
+    assert_eq!(reqs.len(), 1, "{reqs:#?}");
+    let m = crate::endpoints::scrape(&address);
+    assert_eq!(
+        m["schedwatch_scheduler_api_not_asked_total"], 20.0,
+        "{m:#?}"
+    );
+    assert_eq!(
+        m[r#"schedwatch_scheduler_api_cache_hits_total{answer="failure"}"#], 20.0,
+        "{m:#?}"
+    );
+    crate::common::service::assert_clean_exit(service.terminate());
+}
+
+#[test]
+fn a_batch_looks_its_jobs_up_concurrently_and_at_most_four_at_a_time() {
+    // Twelve jobs, each alone in its location: twelve GetJobs, each held 1 s by the fake.
+    let (api, gauge) = held_api(Duration::from_secs(1));
+    let dir = tempfile::tempdir().unwrap();
+    let (mut service, address) = push_service(dir.path(), &api.url(), "timeout = \"10s\"\n", 12);
+    let entries: Vec<Value> = (0..12)
+        .map(|i| {
+            let location = format!("region-{i}");
+            entries_of(&location, &[format!("job-{i}")], 0).remove(0)
+        })
+        .collect();
+    let statuses = push_all(&address, &entries, 0);
+    assert!(
+        statuses.iter().all(|s| (200..300).contains(s)),
+        "{statuses:?}"
+    );
+    let alerts = service.wait_for("12 alerts", Duration::from_secs(60), |a| a.len() >= 12);
+    all_unavailable(&alerts);
+
+    let reqs = api.requests();
+    assert_eq!(reqs.len(), 12, "one GetJob per job: {reqs:#?}");
+    let max = gauge.max.load(Ordering::SeqCst);
+    assert!(max <= 4, "{max} requests in flight at once: the bound is 4");
+    assert!(
+        max >= 2,
+        "the look-ups of a batch run concurrently (max in flight {max})"
+    );
+    crate::common::service::assert_clean_exit(service.terminate());
 }
