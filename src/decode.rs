@@ -356,7 +356,10 @@ impl Decoder {
     }
 
     fn decode_nested(&self, bytes: &[u8], out: &mut Vec<Decoded>, depth: u8) {
-        if bytes.len() > MAX_ENTRY_BYTES && depth > 0 {
+        // At every depth: a line or array element (which the file source already bounds), a
+        // pulled or pushed message's data (up to Pub/Sub's 10 MB), and the data inside a
+        // message dump. One rule for every door, checked before anything is parsed.
+        if bytes.len() > MAX_ENTRY_BYTES {
             out.push(Err(SkipReason::TooLarge));
             return;
         }
@@ -735,6 +738,32 @@ mod tests {
             "]".repeat(100_000)
         );
         assert_eq!(one(deep.as_bytes()).unwrap_err(), SkipReason::InvalidJson);
+    }
+
+    #[test]
+    fn message_data_over_the_limit_is_too_large_at_every_door() {
+        // What a pull or a push hands the pipeline is the raw entry (Pub/Sub allows 10 MB): a
+        // real-shaped 401 with a debugInfo that takes it just over the limit.
+        let mut e: serde_json::Value =
+            serde_json::from_slice(&fixture("logs/attempt_finished_401_oidc_run_job.json"))
+                .unwrap();
+        e["jsonPayload"]["debugInfo"] = "x".repeat(MAX_ENTRY_BYTES).into();
+        let data = serde_json::to_vec(&e).unwrap();
+        assert_eq!(one(&data).unwrap_err(), SkipReason::TooLarge, "pulled data");
+        // The same data in a push envelope dump, and in a pull response dump.
+        let b64 = base64::engine::general_purpose::STANDARD.encode(&data);
+        let push = serde_json::json!({"message": {"data": b64, "messageId": "1"}});
+        let pull =
+            serde_json::json!({"receivedMessages": [{"ackId": "a", "message": {"data": b64}}]});
+        for (name, dump) in [("push envelope", push), ("pull response", pull)] {
+            let bytes = serde_json::to_vec(&dump).unwrap();
+            assert_eq!(one(&bytes).unwrap_err(), SkipReason::TooLarge, "{name}");
+        }
+        // Just under the limit, the entry is read.
+        e["jsonPayload"]["debugInfo"] = "x".repeat(2 * MAX_ENTRY_BYTES - data.len() - 100).into();
+        let data = serde_json::to_vec(&e).unwrap();
+        assert!(data.len() <= MAX_ENTRY_BYTES);
+        assert_eq!(one(&data).unwrap().outcome, Outcome::Unauthenticated);
     }
 
     #[test]

@@ -550,3 +550,273 @@ fn a_byte_order_mark_does_not_cost_the_first_entry() {
         "the third 401 fires (no inventory)"
     );
 }
+
+// ---- hostile inputs: bounded memory (CONTRACT section 1, issue 13 points 5 and 6) ----------
+
+/// The memory target of `replay`, on hostile input as on clean input.
+const MAX_RSS_KIB: u64 = 64 * 1024;
+
+/// How much each hostile input streams: 64 MiB, so that a reader that held it whole would be
+/// over [`MAX_RSS_KIB`] with the input alone, small enough that the five of them take seconds.
+const HOSTILE_BYTES: usize = 64 * 1024 * 1024;
+
+/// Success entries, each with its own insertId (so none is a duplicate), compact, one a line;
+/// 8 KiB of an unknown field make it cheap to stream many megabytes of entries.
+struct NumberedSuccess(String);
+
+impl NumberedSuccess {
+    fn new() -> Self {
+        let mut e: Value = serde_json::from_slice(&success()).unwrap();
+        e["insertId"] = json!("hostile#########");
+        e["padding"] = json!("p".repeat(8 * 1024));
+        NumberedSuccess(serde_json::to_string(&e).unwrap() + "\n")
+    }
+
+    fn line(&self, i: usize) -> Vec<u8> {
+        self.0
+            .replace("hostile#########", &format!("hostile{i:09}"))
+            .into_bytes()
+    }
+}
+
+/// Writes `byte` `n` times, a chunk at a time (never the whole in memory).
+fn repeat(w: &mut dyn Write, byte: u8, n: usize) -> std::io::Result<()> {
+    let chunk = vec![byte; 64 * 1024];
+    let mut left = n;
+    while left > 0 {
+        let k = left.min(chunk.len());
+        w.write_all(&chunk[..k])?;
+        left -= k;
+    }
+    Ok(())
+}
+
+/// A hostile input, generated as it is written into replay's stdin.
+type Generator = Box<dyn FnOnce(&mut dyn Write) -> std::io::Result<()> + Send>;
+
+/// Runs a command and writes its peak RSS in KiB (`ru_maxrss` of RUSAGE_CHILDREN) to a file.
+/// A wrapper process is needed: Linux folds the spawning process's own peak into the child's
+/// `ru_maxrss` at exec, so wait4 in this test binary (hundreds of MiB) would measure the test
+/// binary. Python's (about 10 MiB) is folded in instead, as in scripts/bench's timer.
+const PEAK_RSS: &str = "import resource, subprocess, sys
+rc = subprocess.call(sys.argv[2:])
+with open(sys.argv[1], 'w') as f:
+    f.write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))
+sys.exit(rc if rc >= 0 else 128 - rc)";
+
+/// `schedwatch replay --format json -`, with stdin streamed from `generate`; the output and
+/// schedwatch's peak RSS in KiB.
+fn replay_streamed(generate: Generator) -> (Output, u64) {
+    let dir = tempfile::tempdir().unwrap();
+    let peak = dir.path().join("peak-rss-kib");
+    let mut child = std::process::Command::new("python3")
+        .args(["-c", PEAK_RSS])
+        .arg(&peak)
+        .arg(env!("CARGO_BIN_EXE_schedwatch"))
+        .args(["replay", "--format", "json", "-"])
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3 runs (scripts/test requires it)");
+    let mut stdin = child.stdin.take().unwrap();
+    // A reader that stops early (an array broken at its start) makes the rest a broken pipe.
+    let writer = std::thread::spawn(move || {
+        let _ = generate(&mut stdin);
+    });
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    let kib = std::fs::read_to_string(&peak)
+        .unwrap_or_else(|e| panic!("no peak RSS from the wrapper ({e}): {}", stderr(&out)));
+    (out, kib.trim().parse().unwrap())
+}
+
+/// The hostile inputs of issue 13: name, generator, entries read, skips by reason.
+fn hostile_inputs() -> Vec<(&'static str, Generator, u64, BTreeMap<String, u64>)> {
+    let skips = |list: &[(&str, u64)]| -> BTreeMap<String, u64> {
+        list.iter().map(|(r, n)| (r.to_string(), *n)).collect()
+    };
+    // Valid NDJSON with its first 100 bytes cut off: the first line is one skip.
+    let entries = NumberedSuccess::new();
+    let lines = HOSTILE_BYTES / entries.line(0).len() + 1;
+    let truncated_head: Generator = Box::new(move |w| {
+        w.write_all(&entries.line(0)[100..])?;
+        for i in 1..lines {
+            w.write_all(&entries.line(i))?;
+        }
+        Ok(())
+    });
+    // `[` and NUL bytes to the end: an array broken at its first element.
+    let zeros: Generator = Box::new(|w| {
+        w.write_all(b"[")?;
+        repeat(w, 0, HOSTILE_BYTES)
+    });
+    // An array (newest first, as gcloud prints it) with one huge element among good ones.
+    let huge_item: Generator = Box::new(|w| {
+        w.write_all(b"[")?;
+        w.write_all(&failure(2))?;
+        w.write_all(b",\n{\"insertId\":\"huge\",\"jsonPayload\":{\"debugInfo\":\"")?;
+        repeat(w, b'x', HOSTILE_BYTES)?;
+        w.write_all(b"\"}},\n")?;
+        w.write_all(&failure(1))?;
+        w.write_all(b",")?;
+        w.write_all(&failure(0))?;
+        w.write_all(b"]\n")
+    });
+    // Received Pub/Sub messages as `gcloud pubsub subscriptions pull --format=json` lists
+    // them, one with huge base64 data.
+    let huge_message: Generator = Box::new(|w| {
+        let message = |i: usize| {
+            serde_json::to_vec(&json!({"ackId": format!("a{i}"), "message": {"data": b64(&failure(i)), "messageId": i.to_string()}})).unwrap()
+        };
+        w.write_all(b"[")?;
+        w.write_all(&message(0))?;
+        w.write_all(b",{\"ackId\":\"huge\",\"message\":{\"messageId\":\"9\",\"data\":\"")?;
+        repeat(w, b'A', HOSTILE_BYTES)?;
+        w.write_all(b"\"}},")?;
+        w.write_all(&message(1))?;
+        w.write_all(b"]")
+    });
+    // A broken line, then megabytes without a newline, then a good entry.
+    let no_newline: Generator = Box::new(|w| {
+        w.write_all(b"{\"resource\": {\"type\": \"cloud_sched\n")?;
+        let junk = b"garbage ".repeat(8 * 1024);
+        for _ in 0..HOSTILE_BYTES / junk.len() {
+            w.write_all(&junk)?;
+        }
+        w.write_all(b"\n")?;
+        w.write_all(&failure(0))?;
+        w.write_all(b"\n")
+    });
+    vec![
+        (
+            "NDJSON with its first 100 bytes cut off",
+            truncated_head,
+            lines as u64,
+            skips(&[("invalid_json", 1)]),
+        ),
+        (
+            "`[` followed by zeros",
+            zeros,
+            1,
+            skips(&[("invalid_json", 1)]),
+        ),
+        (
+            "a JSON array with a 64 MiB element",
+            huge_item,
+            4,
+            skips(&[("too_large", 1)]),
+        ),
+        (
+            "a list of pulled messages, one with 64 MiB of data",
+            huge_message,
+            3,
+            skips(&[("too_large", 1)]),
+        ),
+        (
+            "a broken line, then 64 MiB without a newline",
+            no_newline,
+            3,
+            skips(&[("invalid_json", 1), ("too_large", 1)]),
+        ),
+    ]
+}
+
+#[test]
+fn hostile_input_is_replayed_in_bounded_memory() {
+    let mut all = Vec::new();
+    for (what, generate, entries, skips) in hostile_inputs() {
+        let started = std::time::Instant::now();
+        let (out, peak_kib) = replay_streamed(generate);
+        // For people reading the log; only memory is asserted.
+        eprintln!(
+            "{what}: peak RSS {:.1} MiB, {:.1} s",
+            peak_kib as f64 / 1024.0,
+            started.elapsed().as_secs_f64()
+        );
+        all.extend(problems(what, &out, entries, &skips));
+        if peak_kib >= MAX_RSS_KIB {
+            all.push(format!(
+                "{what}: peak RSS {:.1} MiB, want < {} MiB",
+                peak_kib as f64 / 1024.0,
+                MAX_RSS_KIB / 1024
+            ));
+        }
+    }
+    assert!(all.is_empty(), "{}", all.join("\n"));
+}
+
+#[test]
+fn an_interrupted_gcloud_export_keeps_the_entries_before_the_cut() {
+    // `gcloud logging read --format=json`: pretty-printed, newest first; twelve 401s of one
+    // job, 02:00 to 02:44, cut at 90% (the export was interrupted inside the eleventh).
+    let dir = tempfile::tempdir().unwrap();
+    let entries: Vec<Value> = (0..12)
+        .rev()
+        .map(|i| {
+            entry(
+                "logs/attempt_finished_401_oidc_run_job.json",
+                &format!("export{i:02}"),
+                &format!("2026-03-02T02:{:02}:07.298114Z", i * 4),
+            )
+        })
+        .collect();
+    let text = serde_json::to_string_pretty(&entries).unwrap();
+    let cut = &text[..text.len() * 9 / 10];
+    // Where each element starts; the last one begun is cut, the ten before it are whole.
+    let starts: Vec<usize> = cut.match_indices("\n  {").map(|(i, _)| i + 3).collect();
+    assert_eq!(
+        starts.len(),
+        11,
+        "the cut falls inside the eleventh element"
+    );
+    let path = write(dir.path(), "export.json", cut);
+    let out = replay_file(&path);
+    let want: BTreeMap<String, u64> = [("invalid_json".to_owned(), 1)].into();
+    let p = problems("interrupted export", &out, 11, &want);
+    assert!(p.is_empty(), "{}", p.join("\n"));
+    let err = stderr(&out);
+    let warning = format!("breaks at byte {}, after 10 elements", starts[10]);
+    assert!(
+        err.lines().any(|l| l.contains(&warning)),
+        "a warning that says where the array breaks ({warning}): {err}"
+    );
+    // The ten entries before the cut, in time order: the third failure fires.
+    let alerts = ndjson(&out);
+    let got = projection(&alerts);
+    assert_eq!(
+        got.first(),
+        Some(&(
+            JOB.to_owned(),
+            "firing".to_owned(),
+            "auth-config-unavailable".to_owned(),
+            3
+        )),
+        "{got:?}"
+    );
+    assert_eq!(
+        alerts[0]["failure"]["first_at"],
+        json!("2026-03-02T02:08:07.298114Z"),
+        "the oldest whole entry opens the incident (02:00 is missing, 02:04 was cut)"
+    );
+}
+
+#[test]
+fn an_array_stops_at_junk_between_elements_and_keeps_what_came_before() {
+    // Two entries, then something that is neither `,` nor `]`: the array breaks there.
+    let dir = tempfile::tempdir().unwrap();
+    let mut text = b"[".to_vec();
+    text.extend(failure(1));
+    text.push(b',');
+    text.extend(failure(0));
+    let at = text.len() + 1;
+    text.extend(b" }{\"more\": 1}]");
+    let path = write(dir.path(), "junk.json", &text);
+    let out = replay_file(&path);
+    let want: BTreeMap<String, u64> = [("invalid_json".to_owned(), 1)].into();
+    let p = problems("junk after two elements", &out, 3, &want);
+    assert!(p.is_empty(), "{}", p.join("\n"));
+    let warning = format!("breaks at byte {at}, after 2 elements");
+    assert!(stderr(&out).contains(&warning), "{}", stderr(&out));
+}
