@@ -1,7 +1,8 @@
 //! The HTTP endpoints of `run` (axum): `GET /healthz`, `GET /readyz`, `GET /metrics`, and in
 //! push mode `POST /pubsub/push`.
 //!
-//! - `/healthz`: 200 while the process serves: a liveness probe.
+//! - `/healthz`: 200 while the process serves, 503 with the reason once it should be restarted
+//!   (its state store cannot recover): a liveness probe.
 //! - `/readyz`: 200 when work can be done — in pull mode a subscription stream is connected and
 //!   the last store commit succeeded; in push mode the last commit succeeded — else 503 with
 //!   the reason. A readiness or startup probe.
@@ -84,7 +85,7 @@ const MAX_PUSH_BODY: usize = 16 * 1024 * 1024;
 /// The router; `push` adds `POST /pubsub/push`.
 pub fn router(mode: Mode, push: Option<Arc<PushReceiver>>) -> Router {
     let app = Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
         .with_state(mode);
@@ -118,6 +119,17 @@ pub async fn serve(listener: std::net::TcpListener, app: Router, shutdown: Cance
         .await;
     if let Err(e) = result {
         tracing::error!("HTTP server stopped: {e}");
+    }
+}
+
+async fn healthz() -> Response {
+    match metrics().unhealthy() {
+        None => (StatusCode::OK, "ok\n").into_response(),
+        Some(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("unhealthy: {reason}\n"),
+        )
+            .into_response(),
     }
 }
 

@@ -76,6 +76,10 @@ pub struct Metrics {
     pub commit_failures: AtomicU64,
     /// Whether the last store call succeeded — readiness.
     pub store_ok: AtomicBool,
+    /// Times the embedded store was closed and opened again after an I/O error.
+    pub store_reopens: AtomicU64,
+    /// Why the process should be restarted (its store cannot recover) — liveness; `None`: alive.
+    unhealthy: Mutex<Option<String>>,
     /// Subscription streams open now (not ended by a permanent error).
     pub streams_connected: AtomicI64,
     /// Whether the Pub/Sub endpoint answered the last reachability probe (1) — the client
@@ -189,6 +193,16 @@ impl Metrics {
     /// Whether the store's last commit (or, for a shared store, its last call) succeeded.
     pub fn store_writable(&self) -> bool {
         self.store_ok.load(Relaxed)
+    }
+
+    /// Marks the process as needing a restart, with the reason (`None`: healthy again).
+    pub fn set_unhealthy(&self, reason: Option<String>) {
+        *self.unhealthy.lock().expect("metrics lock") = reason;
+    }
+
+    /// Why the process should be restarted, or `None` while it is healthy.
+    pub fn unhealthy(&self) -> Option<String> {
+        self.unhealthy.lock().expect("metrics lock").clone()
     }
 
     /// Changes a receiver's counters.
@@ -395,6 +409,12 @@ impl Metrics {
             "counter",
             "State store commits that failed (their messages come back).",
             &one(get(&self.commit_failures)),
+        );
+        family(
+            "store_reopens_total",
+            "counter",
+            "Times the embedded state store was closed and opened again after an I/O error (a full disk).",
+            &one(get(&self.store_reopens)),
         );
         family(
             "store_transaction_seconds",

@@ -19,6 +19,13 @@
 //! pipeline's memory is rebuilt from the store, so nothing it did not commit survives. The
 //! Cloud Scheduler API look-ups a batch needs are made before it is processed, together, and
 //! wait the API's `timeout` at most; a batch that needs none does not wait at all.
+//!
+//! The embedded store after an I/O error (a full disk, EIO): it is closed and opened again,
+//! and the batches that follow (or, with none, a small write every backoff) are tried again
+//! with backoff, readiness 503 meanwhile, until a commit succeeds. A store still failing after
+//! `[state] unhealthy_after` turns `/healthz` to 503 for the platform to restart the process
+//! (with nothing serving `/healthz`, the process exits 1); a damaged file makes it exit 1 at
+//! once.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -60,6 +67,12 @@ pub struct StateConfig {
     /// Run's grace period is 10 s). Messages not acked by then come back.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+    /// How long the embedded store may keep failing (a full disk, I/O errors: it is reopened
+    /// and retried with backoff meanwhile, and not ready) before `/healthz` answers 503 so the
+    /// platform restarts the process; with nothing serving `/healthz`, the process exits 1
+    /// instead. Any duration; 0 gives up at the first failure.
+    #[serde(with = "humantime_serde")]
+    pub unhealthy_after: Duration,
     /// `[state.postgres]`: a PostgreSQL store shared by several replicas instead of the
     /// embedded file.
     #[serde(skip_serializing)]
@@ -75,6 +88,9 @@ impl Default for StateConfig {
             commit_interval: Duration::from_millis(5),
             commit_max_messages: 500,
             shutdown_timeout: Duration::from_secs(10),
+            // Long enough for a transient cause to pass (space freed by log rotation, a volume
+            // remounted) without a restart; a liveness probe then adds its own threshold.
+            unhealthy_after: Duration::from_secs(300),
             postgres: None,
         }
     }
@@ -154,6 +170,7 @@ pub fn run(service: Service) -> anyhow::Result<()> {
         rebuild,
     } = service;
     // Bound before anything starts: a taken port is an error now, not a silent missing probe.
+    let served = listen.is_some();
     let listener = listen
         .map(|addr| {
             std::net::TcpListener::bind(addr)
@@ -267,6 +284,9 @@ pub fn run(service: Service) -> anyhow::Result<()> {
                     failed_deliveries: 0,
                     rebuild,
                     backoff: Duration::ZERO,
+                    failing_since: None,
+                    served,
+                    fatal: None,
                     next_tick: Instant::now(),
                     last_expiry: Instant::now(),
                 };
@@ -350,9 +370,15 @@ struct Processor {
     /// Deliveries a receiver refused for good.
     failed_deliveries: u64,
     rebuild: Box<dyn Fn() -> anyhow::Result<Pipeline> + Send>,
-    /// After a shared store failed: how long to wait before the next batch (redelivered
-    /// messages must not spin against a database that is down).
+    /// After a store failed: how long to wait before the next batch (redelivered messages
+    /// must not spin against a database that is down, or a disk that is full).
     backoff: Duration,
+    /// Since when the embedded store has failed (no commit succeeded since).
+    failing_since: Option<Instant>,
+    /// Whether `/healthz` is served: if not, a store that cannot recover ends the process.
+    served: bool,
+    /// Why the processor must stop (the embedded store cannot recover): the process exits 1.
+    fatal: Option<anyhow::Error>,
     /// When the shared store's lease and claim work is next due.
     next_tick: Instant,
     /// When expired dedup keys were last deleted.
@@ -423,6 +449,11 @@ impl Processor {
                             self.state.commit_interval.max(self.backoff)
                         }),
                 ),
+                // While the store fails, a write is tried every backoff: readiness comes back
+                // without traffic (a push service that is not ready gets none).
+                Store::Embedded(_) if self.failing_since.is_some() => {
+                    Some(self.state.commit_interval.max(self.backoff))
+                }
                 Store::Embedded(_) => (!self.done.is_empty()).then_some(self.state.commit_interval),
             };
             let woken = self.handle.block_on(async {
@@ -442,6 +473,7 @@ impl Processor {
                 }
                 Woken::Idle => {
                     self.commit(Vec::new());
+                    self.stop_if_fatal()?;
                     self.tick();
                     continue;
                 }
@@ -463,6 +495,7 @@ impl Processor {
                 }
             }
             self.process(std::mem::take(&mut batch));
+            self.stop_if_fatal()?;
             self.tick();
             self.log_progress();
         }
@@ -482,6 +515,7 @@ impl Processor {
             tracing::warn!(alerts = self.pending.len(), "alerts still being delivered at shutdown stay in the outbox: they are delivered at the next start");
         }
         self.commit(Vec::new());
+        self.stop_if_fatal()?;
         tracing::info!(
             "{}; {} deliveries refused for good",
             self.pipeline.stats.summary(),
@@ -510,10 +544,21 @@ impl Processor {
         self.last_progress = (Instant::now(), entries);
     }
 
+    /// Ends the run when the store cannot recover: the process exits 1.
+    fn stop_if_fatal(&mut self) -> anyhow::Result<()> {
+        match self.fatal.take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
     fn process(&mut self, batch: Vec<Received>) {
         if let Store::Postgres(pg) = &self.store {
             let pg = pg.clone();
             return self.process_shared(&pg, batch);
+        }
+        if !self.backoff.is_zero() {
+            std::thread::sleep(self.backoff);
         }
         let mut decoded = Vec::with_capacity(batch.len());
         for m in &batch {
@@ -683,7 +728,7 @@ impl Processor {
         drop(batch);
     }
 
-    /// After the shared store failed: the next try waits longer (100 ms doubling to 10 s).
+    /// After a store failed: the next try waits longer (100 ms doubling to 10 s).
     fn back_off(&mut self) {
         self.backoff =
             (self.backoff * 2).clamp(Duration::from_millis(100), Duration::from_secs(10));
@@ -770,7 +815,9 @@ impl Processor {
         let mut changes: Changes = self.pipeline.take_changes(alerts);
         changes.sent = std::mem::take(&mut self.done);
         let done = changes.sent.clone();
-        if changes.is_empty() {
+        // While the store fails, even an empty commit is tried: it is still a write (the
+        // counters), and its success says the disk works again.
+        if changes.is_empty() && self.failing_since.is_none() {
             return true;
         }
         let started = Instant::now();
@@ -781,46 +828,132 @@ impl Processor {
         }
         match result {
             Ok(rows) => {
+                if let Some(since) = self.failing_since.take() {
+                    tracing::info!(
+                        "state store: commits succeed again, after failing for {:.1} s",
+                        since.elapsed().as_secs_f64()
+                    );
+                    metrics().set_unhealthy(None);
+                }
+                self.backoff = Duration::ZERO;
                 self.deliver(rows);
                 true
             }
             Err(e) => {
-                tracing::error!("state store commit failed: {e}");
                 self.done = done;
+                self.back_off();
+                tracing::warn!(
+                    "state store commit failed: {e}; nothing it held is acked (the messages come back); {}retrying in {:?}",
+                    if e.needs_reopen() { "reopening the store and " } else { "" },
+                    self.backoff
+                );
                 self.recover(e);
                 false
             }
         }
     }
 
-    /// After a failed commit: rebuild the pipeline from what the store holds, so nothing that
-    /// was not committed lives on in memory (the redelivered messages must count again).
+    /// After a failed commit: make the store usable again — closed and reopened after an I/O
+    /// error — and rebuild the pipeline from what it holds, so nothing that was not committed
+    /// lives on in memory (the redelivered messages must count again). Tried again with backoff
+    /// while it fails. A store that cannot recover sets [`Processor::fatal`], or turns
+    /// `/healthz` to 503 (see [`Processor::check_unhealthy`]).
     fn recover(&mut self, first: StoreError) {
-        let mut delay = Duration::from_millis(100);
-        let mut last = first.to_string();
+        let since = *self.failing_since.get_or_insert_with(Instant::now);
+        let mut error = anyhow::Error::new(first);
         loop {
-            let Store::Embedded(store) = &self.store else {
+            let store_error = error.downcast_ref::<StoreError>();
+            if store_error.is_some_and(|e| !e.is_retryable()) {
+                let reason = error.to_string();
+                tracing::error!(
+                    "{reason}; schedwatch cannot go on: it exits (status 1) to be restarted"
+                );
+                metrics().set_unhealthy(Some(reason));
+                self.fatal = Some(error);
                 return;
-            };
-            match store.load().map_err(anyhow::Error::from).and_then(|state| {
-                let mut fresh = (self.rebuild)()?;
-                fresh.restore(&state);
-                fresh.track_changes();
-                fresh.stats = self.pipeline.stats.clone();
-                Ok(fresh)
-            }) {
-                Ok(fresh) => {
-                    self.pipeline = fresh;
-                    tracing::info!("state reloaded from the store after: {last}");
-                    return;
-                }
+            }
+            self.check_unhealthy(since, &error);
+            if self.fatal.is_some() {
+                return;
+            }
+            let reopen = store_error.is_some_and(StoreError::needs_reopen);
+            match self.reload(reopen) {
+                Ok(()) => return,
                 Err(e) => {
-                    last = e.to_string();
-                    tracing::error!("cannot reload state ({last}); retrying in {delay:?}");
-                    std::thread::sleep(delay);
-                    delay = (delay * 2).min(Duration::from_secs(10));
+                    tracing::warn!(
+                        "state store: cannot {} the state: {e}; retrying in {:?}",
+                        if reopen {
+                            "reopen the store and reload"
+                        } else {
+                            "reload"
+                        },
+                        self.backoff
+                    );
+                    std::thread::sleep(self.backoff);
+                    self.back_off();
+                    error = e;
                 }
             }
+        }
+    }
+
+    /// Reopens the embedded store (after an I/O error) and rebuilds the pipeline from it.
+    fn reload(&mut self, reopen: bool) -> anyhow::Result<()> {
+        let Store::Embedded(store) = &mut self.store else {
+            return Ok(());
+        };
+        if reopen {
+            metrics().store_reopens.fetch_add(1, Relaxed);
+            store.reopen()?;
+            tracing::info!(store = %store.path().display(), "state store reopened");
+        }
+        let state = store.load()?;
+        let mut fresh = (self.rebuild)()?;
+        fresh.restore(&state);
+        fresh.track_changes();
+        fresh.stats = self.pipeline.stats.clone();
+        self.pipeline = fresh;
+        tracing::info!(
+            open_incidents = state.incidents.len(),
+            outbox = state.outbox.len(),
+            "state reloaded from the store"
+        );
+        // A commit reported failed may have reached the disk all the same: its alerts are in
+        // the outbox, and go out now. Rows in flight or delivered are not sent again.
+        let done: std::collections::HashSet<u64> = self.done.iter().map(|s| s.id).collect();
+        self.deliver(
+            state
+                .outbox
+                .into_iter()
+                .filter(|row| !done.contains(&row.id))
+                .collect(),
+        );
+        Ok(())
+    }
+
+    /// A store failing for longer than `unhealthy_after` cannot recover by itself: `/healthz`
+    /// answers 503 with the reason, so the platform restarts the process (it goes on trying
+    /// meanwhile, and is healthy again if a commit succeeds first). With nothing serving
+    /// `/healthz`, the process exits 1 instead.
+    fn check_unhealthy(&mut self, since: Instant, error: &anyhow::Error) {
+        let failing = since.elapsed();
+        if failing < self.state.unhealthy_after {
+            return;
+        }
+        let reason = format!(
+            "the state store has failed for {} s (state.unhealthy_after = {}): {error}",
+            failing.as_secs(),
+            humantime::format_duration(self.state.unhealthy_after)
+        );
+        let first = metrics().unhealthy().is_none();
+        metrics().set_unhealthy(Some(reason.clone()));
+        if !self.served {
+            tracing::error!(
+                "{reason}; nothing serves /healthz, so schedwatch exits (status 1) to be restarted"
+            );
+            self.fatal = Some(anyhow::anyhow!(reason));
+        } else if first {
+            tracing::error!("{reason}; /healthz answers 503 from now on, for the platform to restart schedwatch (it goes on trying meanwhile)");
         }
     }
 

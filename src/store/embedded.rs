@@ -5,7 +5,12 @@
 //! (id → alert JSON), `sent` (id → when every receiver was done with it and which refused it
 //! for good, for the record, bounded), and `meta`
 //! (counters).
+//!
+//! After an I/O error (a full disk, EIO) redb refuses every further call until the database is
+//! closed and opened again; [`classify`] tells those errors from a damaged file, and
+//! [`EmbeddedStore::reopen`] does the closing and opening.
 
+use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
@@ -29,9 +34,90 @@ pub const FILE_NAME: &str = "schedwatch.redb";
 
 /// A redb file.
 pub struct EmbeddedStore {
-    db: Database,
+    /// `None` after a failed [`EmbeddedStore::reopen`] closed it and could not open it again.
+    db: Option<Database>,
     path: PathBuf,
     dedup_capacity: u64,
+}
+
+/// What a redb error says about the store, and so what to do about it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Fault {
+    /// The disk under the file failed (full, an I/O error), or an earlier failure latched the
+    /// database shut: close it and open it again, with backoff, until the cause is gone.
+    Reopen,
+    /// The file is damaged, or is not (or no longer) a schedwatch store: nothing to retry.
+    Damaged,
+    /// Anything else (another process holds the file): try again later as it is.
+    Retry,
+}
+
+/// Which redb errors mean "close and reopen", which "the file is damaged".
+pub(crate) fn classify(e: &redb::Error) -> Fault {
+    use redb::Error as E;
+    match e {
+        // What redb reports for a file that does not start like a redb database.
+        E::Io(io) if io.kind() == ErrorKind::InvalidData => Fault::Damaged,
+        // ENOSPC, EIO and the like, then "Previous I/O error occurred" on every later call.
+        E::Io(_)
+        | E::PreviousIo
+        | E::DatabaseClosed
+        | E::Backend(_)
+        | E::LockPoisoned(_)
+        | E::TransactionPoisoned => Fault::Reopen,
+        E::Corrupted(_)
+        | E::UpgradeRequired(_)
+        | E::RepairAborted
+        | E::TableTypeMismatch { .. }
+        | E::TableIsMultimap(_)
+        | E::TableIsNotMultimap(_)
+        | E::TypeDefinitionChanged { .. } => Fault::Damaged,
+        _ => Fault::Retry,
+    }
+}
+
+/// `e` as a store error of the kind [`classify`] says.
+fn store_error(path: &Path, e: impl Into<redb::Error>) -> StoreError {
+    let e = e.into();
+    let (path, message) = (path.display().to_string(), e.to_string());
+    match classify(&e) {
+        Fault::Reopen => StoreError::Io { path, message },
+        Fault::Damaged => StoreError::Damaged { path, message },
+        Fault::Retry => StoreError::Db { path, message },
+    }
+}
+
+/// Opens `path` and creates every table, so readers never meet a missing one. A reopen
+/// (`create` false) wants the file to be there, and checks it whole first.
+fn open_db(path: &Path, create: bool) -> Result<Database, StoreError> {
+    let err = |e: redb::Error| store_error(path, e);
+    let db = if create {
+        Database::create(path).map_err(|e| err(e.into()))?
+    } else {
+        if !path.exists() {
+            return Err(StoreError::Damaged {
+                path: path.display().to_string(),
+                message: "the file is gone (removed while schedwatch ran)".into(),
+            });
+        }
+        // The file saw an I/O error: every page's checksum is verified, so a damaged file is
+        // refused (and not trusted, where a plain open may panic).
+        Database::builder()
+            .set_check_integrity_on_open(true)
+            .open(path)
+            .map_err(|e| err(e.into()))?
+    };
+    let tx = db.begin_write().map_err(|e| err(e.into()))?;
+    {
+        tx.open_table(INCIDENTS).map_err(|e| err(e.into()))?;
+        tx.open_table(DEDUP).map_err(|e| err(e.into()))?;
+        tx.open_table(DEDUP_ORDER).map_err(|e| err(e.into()))?;
+        tx.open_table(OUTBOX).map_err(|e| err(e.into()))?;
+        tx.open_table(SENT).map_err(|e| err(e.into()))?;
+        tx.open_table(META).map_err(|e| err(e.into()))?;
+    }
+    tx.commit().map_err(|e| err(e.into()))?;
+    Ok(db)
 }
 
 /// What `sent` keeps of an outbox row every receiver is done with.
@@ -59,29 +145,27 @@ impl EmbeddedStore {
     /// Opens (or creates) `dir/schedwatch.redb`, keeping at most `dedup_capacity` dedup keys.
     pub fn open(dir: &Path, dedup_capacity: usize) -> Result<EmbeddedStore, StoreError> {
         let path = dir.join(FILE_NAME);
-        let err = |e: &dyn std::fmt::Display| StoreError::Db {
-            path: path.display().to_string(),
-            message: e.to_string(),
-        };
-        std::fs::create_dir_all(dir).map_err(|e| err(&e))?;
-        let db = Database::create(&path).map_err(|e| err(&e))?;
-        let store = EmbeddedStore {
-            db,
-            path: path.clone(),
+        std::fs::create_dir_all(dir).map_err(|e| store_error(&path, e))?;
+        let db = open_db(&path, true)?;
+        Ok(EmbeddedStore {
+            db: Some(db),
+            path,
             dedup_capacity: dedup_capacity.max(1) as u64,
-        };
-        // Create every table, so readers never meet a missing one.
-        let tx = store.db.begin_write().map_err(|e| err(&e))?;
-        {
-            tx.open_table(INCIDENTS).map_err(|e| err(&e))?;
-            tx.open_table(DEDUP).map_err(|e| err(&e))?;
-            tx.open_table(DEDUP_ORDER).map_err(|e| err(&e))?;
-            tx.open_table(OUTBOX).map_err(|e| err(&e))?;
-            tx.open_table(SENT).map_err(|e| err(&e))?;
-            tx.open_table(META).map_err(|e| err(&e))?;
+        })
+    }
+
+    /// Closes the database and opens the file again: after an I/O error redb refuses every
+    /// call ("Previous I/O error occurred") until then. The reopened file holds what its last
+    /// complete commit wrote. When the open fails, the store stays closed (every call says so)
+    /// until a later reopen succeeds.
+    pub fn reopen(&mut self) -> Result<(), StoreError> {
+        // Dropped first: closing releases the file's lock, which the open takes again. Its
+        // error, if any, is the I/O failure already reported.
+        if let Some(db) = self.db.take() {
+            let _ = db.close();
         }
-        tx.commit().map_err(|e| err(&e))?;
-        Ok(store)
+        self.db = Some(open_db(&self.path, false)?);
+        Ok(())
     }
 
     /// The store's file.
@@ -89,7 +173,20 @@ impl EmbeddedStore {
         &self.path
     }
 
-    fn err(&self, e: impl std::fmt::Display) -> StoreError {
+    /// The open database, or the error saying it is closed.
+    fn db(&self) -> Result<&Database, StoreError> {
+        self.db.as_ref().ok_or_else(|| StoreError::Io {
+            path: self.path.display().to_string(),
+            message: "closed after an I/O error, not reopened yet".into(),
+        })
+    }
+
+    fn err(&self, e: impl Into<redb::Error>) -> StoreError {
+        store_error(&self.path, e)
+    }
+
+    /// A value that could not be encoded (cannot happen with these types; not a disk fault).
+    fn encode(&self, e: serde_json::Error) -> StoreError {
         StoreError::Db {
             path: self.path.display().to_string(),
             message: e.to_string(),
@@ -106,7 +203,7 @@ impl EmbeddedStore {
 
     /// Everything needed to carry on: open incidents, recent dedup keys, undelivered alerts.
     pub fn load(&self) -> Result<State, StoreError> {
-        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let tx = self.db()?.begin_read().map_err(|e| self.err(e))?;
         let mut state = State::default();
         let incidents = tx.open_table(INCIDENTS).map_err(|e| self.err(e))?;
         for row in incidents.iter().map_err(|e| self.err(e))? {
@@ -134,7 +231,7 @@ impl EmbeddedStore {
 
     /// Commits one batch's changes in one durable transaction; returns the new outbox rows.
     pub fn commit(&self, changes: Changes) -> Result<Vec<OutboxRow>, StoreError> {
-        let tx = self.db.begin_write().map_err(|e| self.err(e))?;
+        let tx = self.db()?.begin_write().map_err(|e| self.err(e))?;
         let mut rows = Vec::with_capacity(changes.alerts.len());
         {
             let mut meta = tx.open_table(META).map_err(|e| self.err(e))?;
@@ -153,7 +250,7 @@ impl EmbeddedStore {
                 match incident {
                     Some(incident) => {
                         let bytes = serde_json::to_vec(&StoredIncident { job, incident })
-                            .map_err(|e| self.err(e))?;
+                            .map_err(|e| self.encode(e))?;
                         incidents
                             .insert(name.as_str(), bytes.as_slice())
                             .map_err(|e| self.err(e))?;
@@ -192,7 +289,7 @@ impl EmbeddedStore {
             for alert in changes.alerts {
                 let id = outbox_seq;
                 outbox_seq += 1;
-                let bytes = serde_json::to_vec(&alert).map_err(|e| self.err(e))?;
+                let bytes = serde_json::to_vec(&alert).map_err(|e| self.encode(e))?;
                 outbox
                     .insert(id, bytes.as_slice())
                     .map_err(|e| self.err(e))?;
@@ -220,7 +317,7 @@ impl EmbeddedStore {
                             .collect(),
                         alert,
                     })
-                    .map_err(|e| self.err(e))?;
+                    .map_err(|e| self.encode(e))?;
                     drop(row);
                     sent.insert(id, record.as_slice())
                         .map_err(|e| self.err(e))?;
@@ -343,6 +440,95 @@ mod tests {
                 .unwrap();
         }
         assert_eq!(store.load().unwrap().dedup_keys, vec![3, 4, 5]);
+    }
+
+    /// "No space left on device" (28 on Linux).
+    const ENOSPC: i32 = 28;
+
+    #[test]
+    fn io_errors_mean_reopen_damage_means_give_up_and_a_held_lock_means_wait() {
+        use redb::{DatabaseError, Error as E, StorageError};
+        let os = |code| E::Io(std::io::Error::from_raw_os_error(code));
+        let cases: Vec<(E, Fault)> = vec![
+            (os(ENOSPC), Fault::Reopen),
+            (os(5 /* EIO */), Fault::Reopen),
+            (os(13 /* EACCES */), Fault::Reopen),
+            (E::PreviousIo, Fault::Reopen),
+            (E::DatabaseClosed, Fault::Reopen),
+            (E::TransactionPoisoned, Fault::Reopen),
+            (StorageError::PreviousIo.into(), Fault::Reopen),
+            (E::Corrupted("Invalid magic number".into()), Fault::Damaged),
+            (
+                E::Io(std::io::Error::new(
+                    ErrorKind::InvalidData,
+                    "not a redb file",
+                )),
+                Fault::Damaged,
+            ),
+            (E::UpgradeRequired(2), Fault::Damaged),
+            (E::TableIsMultimap("incidents".into()), Fault::Damaged),
+            (DatabaseError::DatabaseAlreadyOpen.into(), Fault::Retry),
+            (E::WouldBlock, Fault::Retry),
+        ];
+        for (e, want) in cases {
+            assert_eq!(classify(&e), want, "{e}");
+        }
+        let path = Path::new("/state/schedwatch.redb");
+        assert!(store_error(path, E::PreviousIo).needs_reopen());
+        assert!(store_error(path, os(ENOSPC)).is_retryable());
+        let damaged = store_error(path, E::Corrupted("Invalid magic number".into()));
+        assert!(!damaged.is_retryable() && !damaged.needs_reopen());
+        assert!(damaged.to_string().contains("move it aside"), "{damaged}");
+        let busy = store_error(path, DatabaseError::DatabaseAlreadyOpen);
+        assert!(busy.is_retryable() && !busy.needs_reopen());
+    }
+
+    #[test]
+    fn a_reopened_store_keeps_every_commit_and_takes_more() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = EmbeddedStore::open(dir.path(), 10).unwrap();
+        let keys = |keys: Vec<u128>| Changes {
+            dedup_keys: keys,
+            ..Changes::default()
+        };
+        store.commit(keys(vec![1, 2])).unwrap();
+        store.reopen().unwrap();
+        assert_eq!(store.load().unwrap().dedup_keys, vec![1, 2]);
+        store.commit(keys(vec![3])).unwrap();
+        // Reopened again, and by another process after that: the lock was released each time.
+        store.reopen().unwrap();
+        drop(store);
+        let store = EmbeddedStore::open(dir.path(), 10).unwrap();
+        assert_eq!(store.load().unwrap().dedup_keys, vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn a_file_replaced_by_garbage_or_removed_is_damaged_not_retried() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = EmbeddedStore::open(dir.path(), 10).unwrap();
+        let file = dir.path().join(FILE_NAME);
+        // Replaced while open (as another program would: a new file renamed over it).
+        let garbage = dir.path().join("garbage");
+        std::fs::write(&garbage, b"this is not a redb file\n".repeat(1000)).unwrap();
+        std::fs::rename(&garbage, &file).unwrap();
+        let err = store.reopen().err().expect("garbage is refused");
+        assert!(matches!(err, StoreError::Damaged { .. }), "{err:?}");
+        assert!(err.to_string().contains(FILE_NAME), "{err}");
+        // Closed now: every call says so, and asks for a reopen.
+        let closed = store.load().err().expect("closed");
+        assert!(closed.needs_reopen(), "{closed:?}");
+        assert!(matches!(
+            EmbeddedStore::open(dir.path(), 10).err(),
+            Some(StoreError::Damaged { .. })
+        ));
+
+        std::fs::remove_file(&file).unwrap();
+        let gone = store
+            .reopen()
+            .err()
+            .expect("a missing file is not made anew");
+        assert!(matches!(gone, StoreError::Damaged { .. }), "{gone:?}");
+        assert!(!file.exists());
     }
 
     #[test]

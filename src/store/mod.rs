@@ -33,6 +33,24 @@ pub enum StoreError {
         /// What failed.
         message: String,
     },
+    /// The disk under the embedded store failed (full, an I/O error): the open database refuses
+    /// every call until it is closed and opened again ([`EmbeddedStore::reopen`]).
+    #[error("state store {path}: {message}")]
+    Io {
+        /// The store's file.
+        path: String,
+        /// What failed.
+        message: String,
+    },
+    /// The embedded store's file is damaged, gone, or not a schedwatch store: trying again
+    /// cannot help.
+    #[error("state store {path} is unusable: {message}; move it aside to start with an empty state (the open incidents and undelivered alerts in it are lost)")]
+    Damaged {
+        /// The store's file.
+        path: String,
+        /// What is wrong with it.
+        message: String,
+    },
     /// A stored value could not be read back (a newer schedwatch wrote it, or the file is damaged).
     #[error("state store {path}: a stored {what} is unreadable: {message}")]
     Corrupt {
@@ -48,7 +66,12 @@ pub enum StoreError {
 impl StoreError {
     /// Whether trying again later may succeed (a full disk, a lock held by a dying process).
     pub fn is_retryable(&self) -> bool {
-        matches!(self, StoreError::Db { .. })
+        matches!(self, StoreError::Db { .. } | StoreError::Io { .. })
+    }
+
+    /// Whether the store must be closed and opened again before it can work.
+    pub fn needs_reopen(&self) -> bool {
+        matches!(self, StoreError::Io { .. })
     }
 }
 

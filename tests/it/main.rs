@@ -18,3 +18,4 @@ mod receivers;
 mod scenarios;
 mod scheduler_api;
 mod shared_store;
+mod store_faults;
