@@ -317,9 +317,9 @@ impl Cache {
         if let Some((at, Listing::Complete(ids))) = self.listings.get(&parent, now) {
             if !ids.contains(&id) {
                 return Some(Err(ApiError::NotListed(format!(
-                    "{} jobs listed {:?} ago",
+                    "{} jobs listed {}s ago",
                     ids.len(),
-                    now.saturating_duration_since(at)
+                    now.saturating_duration_since(at).as_secs()
                 ))));
             }
         }
@@ -347,14 +347,14 @@ impl Cache {
             Some(at) => {
                 if !std::mem::replace(&mut self.silence_logged, true) {
                     tracing::warn!(
-                        "the Cloud Scheduler API did not answer {:?} ago: no new call for {:?} unless one answers; failing jobs meanwhile are auth-config-unavailable unless their config is cached",
-                        now.saturating_duration_since(at),
+                        "the Cloud Scheduler API did not answer {}s ago: no new call for {:?} unless one answers; failing jobs meanwhile are auth-config-unavailable unless their config is cached",
+                        now.saturating_duration_since(at).as_secs(),
                         self.error_ttl
                     );
                 }
                 ApiError::NotAsked(format!(
-                    "it did not answer {:?} ago",
-                    now.saturating_duration_since(at)
+                    "it did not answer {}s ago",
+                    now.saturating_duration_since(at).as_secs()
                 ))
             }
             None => ApiError::NotAsked(format!("{MAX_PENDING} look-ups were already waiting")),
