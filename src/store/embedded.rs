@@ -511,11 +511,11 @@ mod tests {
         let garbage = dir.path().join("garbage");
         std::fs::write(&garbage, b"this is not a redb file\n".repeat(1000)).unwrap();
         std::fs::rename(&garbage, &file).unwrap();
-        let err = store.reopen().err().expect("garbage is refused");
+        let err = store.reopen().expect_err("garbage is refused");
         assert!(matches!(err, StoreError::Damaged { .. }), "{err:?}");
         assert!(err.to_string().contains(FILE_NAME), "{err}");
         // Closed now: every call says so, and asks for a reopen.
-        let closed = store.load().err().expect("closed");
+        let closed = store.load().expect_err("closed");
         assert!(closed.needs_reopen(), "{closed:?}");
         assert!(matches!(
             EmbeddedStore::open(dir.path(), 10).err(),
@@ -523,10 +523,7 @@ mod tests {
         ));
 
         std::fs::remove_file(&file).unwrap();
-        let gone = store
-            .reopen()
-            .err()
-            .expect("a missing file is not made anew");
+        let gone = store.reopen().expect_err("a missing file is not made anew");
         assert!(matches!(gone, StoreError::Damaged { .. }), "{gone:?}");
         assert!(!file.exists());
     }
