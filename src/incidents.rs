@@ -60,7 +60,9 @@ impl Default for IncidentRules {
     }
 }
 
-/// The latest failure of an incident: what its notifications describe.
+/// The latest failure of an incident: what its notifications describe. The URL the job called
+/// is not kept: the diagnosis names the target, and a log entry's URL is as long as whoever
+/// wrote the entry likes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Failure {
     /// `unauthenticated` or `permission_denied`.
@@ -69,8 +71,6 @@ pub struct Failure {
     pub status: Option<String>,
     /// The HTTP status, when known.
     pub http_status: Option<u16>,
-    /// The URL the job called, from the log.
-    pub url: Option<String>,
     /// Event time.
     pub at: DateTime<Utc>,
 }
@@ -384,7 +384,6 @@ mod tests {
             outcome: Outcome::Unauthenticated,
             status: None,
             http_status: Some(401),
-            url: None,
             at,
         }
     }

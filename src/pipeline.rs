@@ -392,7 +392,6 @@ impl Pipeline {
             outcome: a.outcome,
             status: a.status,
             http_status: a.http_status,
-            url: a.url,
             at: a.timestamp,
         };
         let (transition, incident) =

@@ -409,7 +409,10 @@ mod tests {
                 ..Default::default()
             },
             1000,
-            Correlator::new(Some(Inventory::load(&root.join(SEED).join("jobs")).unwrap()), None),
+            Correlator::new(
+                Some(Inventory::load(&root.join(SEED).join("jobs")).unwrap()),
+                None,
+            ),
             Diagnoser::default(),
         );
         p.restore(&store.load().unwrap());

@@ -125,7 +125,11 @@ fn replay_of_200k_jobs_failing_once_each_keeps_a_small_peak_and_reports_the_evic
         "the summary counts the evictions: {log}"
     );
     // Said once, not 199,000 times.
-    assert_eq!(log.matches("max_tracked_jobs): dropped").count(), 1, "{log}");
+    assert_eq!(
+        log.matches("max_tracked_jobs): dropped").count(),
+        1,
+        "{log}"
+    );
     assert!(
         peak_kib < PEAK_KIB,
         "peak RSS {} MiB, bound {} MiB",

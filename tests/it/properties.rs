@@ -101,7 +101,11 @@ fn entries() -> impl Strategy<Value = Vec<(usize, String)>> {
 /// Entries of up to 40 jobs (a few with the inventory's configs), some hours apart, with a cap
 /// of 1 to 8 tracked jobs and a pending expiry of an hour.
 fn bounded() -> impl Strategy<Value = (usize, Vec<String>)> {
-    let entry = (0usize..40, 0u8..5, prop_oneof![8 => 1u32..400, 1 => 3000u32..9000]);
+    let entry = (
+        0usize..40,
+        0u8..5,
+        prop_oneof![8 => 1u32..400, 1 => 3000u32..9000],
+    );
     (1usize..9, prop::collection::vec(entry, 1..200)).prop_map(|(cap, v)| {
         let mut second = 0;
         let lines = v
