@@ -28,6 +28,11 @@ With `--jobs-out DIR`, DIR/jobs.json is the job inventory as a REST list respons
 `auth-config-unavailable` happens too). It is the configuration as exported at the start of
 the window: jobs fixed during the window still show their broken config there.
 
+With `--distinct-failures`, every entry is instead an AttemptFinished 401 of a job that appears
+nowhere else (10 ms apart, no inventory): the state-bound case, where every entry opens an
+incident that never fires and never resolves (1,000,000 entries: 1,000,000 pending incidents
+unless they are bounded).
+
 All randomness derives from --seed, so the same arguments give the same bytes. Both files
 are written as they are produced; only the job table (one small record per job) and the
 pending-event queue (a few events per job) are held in memory (about 40 MB for 10,000 jobs).
@@ -394,6 +399,35 @@ def simulate(rng, jobs, entries, out):
     return last - START_US, stats, bytes_out
 
 
+def simulate_distinct(rng, entries, out):
+    """Write `entries` AttemptFinished 401 lines, each of its own job, 10 ms apart.
+
+    -> (span of the events in µs, finished attempts by HTTP status, bytes written)"""
+    clock = Clock()
+    write = out.write
+    bytes_out = 0
+    t = START_US
+    for n in range(entries):
+        project, _, locations = PROJECTS[n % len(PROJECTS)]
+        location = locations[n % len(locations)]
+        job_id = f"{rng.choice(WORDS_A)}-{rng.choice(WORDS_B)}-{n}"
+        iid = "".join(rng.choices(INSERT_ID_ALPHABET, k=14))
+        job_name = f"projects/{project}/locations/{location}/jobs/{job_id}"
+        line = (f'{{"httpRequest":{{"status":401}},"insertId":"{iid}","jsonPayload":{{'
+                f'"@type":"{ATTEMPT_FINISHED}","debugInfo":"URL_ERROR-ERROR_AUTHENTICATION. '
+                f'Original HTTP response code number = 401","jobName":"{job_name}",'
+                f'"status":"UNAUTHENTICATED","targetType":"HTTP",'
+                f'"url":"https://{job_id}-4x7qk2m9da-ue.a.run.app/cron"}},'
+                f'"logName":"projects/{project}/logs/cloudscheduler.googleapis.com%2Fexecutions",'
+                f'"receiveTimestamp":"{clock.nanos(t + 40_000, 0)}","resource":{{'
+                f'"labels":{{"job_id":"{job_id}","location":"{location}","project_id":"{project}"}},'
+                f'"type":"cloud_scheduler_job"}},"severity":"ERROR","timestamp":"{clock.micros(t)}"}}\n')
+        write(line)
+        bytes_out += len(line)
+        t += 10_000
+    return t - START_US, {401: entries}, bytes_out
+
+
 def write_inventory(rng, jobs, directory, span_us):
     """Stream DIR/jobs.json: {"jobs": [...]} with the Job resources of the inventoried jobs."""
     os.makedirs(directory, exist_ok=True)
@@ -455,6 +489,8 @@ def main(argv):
     ap.add_argument("--out", required=True, help="NDJSON output file ('-' for stdout)")
     ap.add_argument("--jobs-out", metavar="DIR", help="also write the inventory DIR/jobs.json")
     ap.add_argument("--quiet", action="store_true", help="no summary on stderr")
+    ap.add_argument("--distinct-failures", action="store_true",
+                    help="every entry a 401 of a job of its own (no --jobs, no inventory)")
     a = ap.parse_args(argv)
     if a.entries < 1 or a.jobs < 1:
         ap.error("--entries and --jobs must be positive")
@@ -462,26 +498,31 @@ def main(argv):
         ap.error("--jobs: at most 400000 (job names would run out)")
 
     rng = random.Random(a.seed)
-    jobs = make_jobs(rng, a.jobs)
-    # The window's length follows from the fleet's attempt rate (runs plus retries, roughly),
-    # so every job gets about entries/jobs/2 attempts whatever the sizes.
-    runs_per_s = sum(1 / j.period for j in jobs) * 1.25
-    span_us = int(a.entries / 2 / runs_per_s * 1_000_000)
-    finalize_windows(jobs, span_us)
-    for j in jobs:
-        prepare_templates(j)
+    sim_rng = random.Random(a.seed * 7919 + 17)
+    if a.distinct_failures:
+        jobs = []
+        run = lambda out: simulate_distinct(sim_rng, a.entries, out)
+    else:
+        jobs = make_jobs(rng, a.jobs)
+        # The window's length follows from the fleet's attempt rate (runs plus retries,
+        # roughly), so every job gets about entries/jobs/2 attempts whatever the sizes.
+        runs_per_s = sum(1 / j.period for j in jobs) * 1.25
+        span_us = int(a.entries / 2 / runs_per_s * 1_000_000)
+        finalize_windows(jobs, span_us)
+        for j in jobs:
+            prepare_templates(j)
+        run = lambda out: simulate(sim_rng, jobs, a.entries, out)
 
     t0 = time.monotonic()
-    sim_rng = random.Random(a.seed * 7919 + 17)
     if a.out == "-":
-        span, stats, nbytes = simulate(sim_rng, jobs, a.entries, sys.stdout)
+        span, stats, nbytes = run(sys.stdout)
     else:
         os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
         with open(a.out + ".tmp", "w", encoding="utf-8", buffering=1 << 20) as out:
-            span, stats, nbytes = simulate(sim_rng, jobs, a.entries, out)
+            span, stats, nbytes = run(out)
         os.replace(a.out + ".tmp", a.out)
     inv = None
-    if a.jobs_out:
+    if a.jobs_out and not a.distinct_failures:
         inv = write_inventory(random.Random(a.seed * 31 + 5), jobs, a.jobs_out, span)
 
     if not a.quiet:
@@ -491,7 +532,7 @@ def main(argv):
         for j in jobs:
             kinds[j.behaviour] = kinds.get(j.behaviour, 0) + 1
         print(f"wrote {a.entries} entries ({nbytes / a.entries:.0f} bytes/entry on average, "
-              f"{nbytes / 1e6:.1f} MB) over {a.jobs} jobs, {span / 3.6e9:.1f} h of events, "
+              f"{nbytes / 1e6:.1f} MB) over {a.entries if a.distinct_failures else a.jobs} jobs, {span / 3.6e9:.1f} h of events, "
               f"in {time.monotonic() - t0:.1f} s", file=sys.stderr)
         print(f"finished attempts: {finished}; success {share(200, 204):.1f}%, "
               f"401 {share(401):.1f}%, 403 {share(403):.1f}%, "

@@ -366,6 +366,20 @@ impl Loaded {
                 "incidents.repeat_interval must be longer than 0s, e.g. \"4h\"".into(),
             ));
         }
+        // Past ten years nothing is pending any more; ten million jobs are ~4.5 GiB of state.
+        let (expiry, cap) = (c.incidents.pending_expiry, c.incidents.max_tracked_jobs);
+        if expiry < Duration::from_secs(60) || expiry > Duration::from_secs(3650 * 86400) {
+            return Err(self.error_at(
+                self.find("pending_expiry"),
+                "incidents.pending_expiry must be from 1m to 3650d; longer than your slowest job's period, e.g. \"48h\"".into(),
+            ));
+        }
+        if cap == 0 || cap > 10_000_000 {
+            return Err(self.error_at(
+                self.find("max_tracked_jobs"),
+                "incidents.max_tracked_jobs must be from 1 to 10000000, e.g. 100000".into(),
+            ));
+        }
         if c.dedup.capacity == 0 {
             return Err(self.error_at(
                 self.find("capacity"),
@@ -463,6 +477,11 @@ mod tests {
             c.incidents.repeat_interval,
             std::time::Duration::from_secs(4 * 3600)
         );
+        assert_eq!(
+            c.incidents.pending_expiry,
+            std::time::Duration::from_secs(48 * 3600)
+        );
+        assert_eq!(c.incidents.max_tracked_jobs, 100_000);
     }
 
     #[test]
@@ -476,6 +495,10 @@ mod tests {
         assert_eq!(e.line, Some(3), "{e}");
         assert!(e.to_string().contains("relative to the config file"), "{e}");
         let e = parse("[incidents]\nmin_failures = 0\n").unwrap_err();
+        assert_eq!(e.line, Some(2), "{e}");
+        let e = parse("[incidents]\n\npending_expiry = \"0s\"\n").unwrap_err();
+        assert_eq!(e.line, Some(3), "{e}");
+        let e = parse("[incidents]\nmax_tracked_jobs = 0\n").unwrap_err();
         assert_eq!(e.line, Some(2), "{e}");
         let e = parse("[[receivers]]\nname = \"a\"\n").unwrap_err();
         assert!(e.to_string().contains("no destination"), "{e}");

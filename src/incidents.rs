@@ -3,7 +3,14 @@
 //! `(state, failure or success, diagnosis) → (state, events)`. Nothing here reads the clock or
 //! does I/O: every decision uses the entry's event time, so replay, tests and production take
 //! the same path, and the state serialises as it is into a store.
+//!
+//! What is tracked is bounded, whatever the input: an incident that has not fired ends silently
+//! once an entry arrives `pending_expiry` (event time) after its last failure, and at most
+//! `max_tracked_jobs` incidents are open — past that the oldest goes, unfired ones first. An
+//! ordered index ([`Incidents`]'s `by_age`) makes both a look at its first element, never a
+//! scan. An unfired incident holds no diagnosis: the failure that fires it brings its own.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,6 +32,13 @@ pub struct IncidentRules {
     /// While failing, notify again once a failure is this long after the last notification.
     #[serde(with = "humantime_serde")]
     pub repeat_interval: Duration,
+    /// An incident that has not fired ends silently when an entry arrives this long (event
+    /// time) after its last failure.
+    #[serde(with = "humantime_serde")]
+    pub pending_expiry: Duration,
+    /// Jobs with an open incident, at most; past it the one with the oldest last failure is
+    /// dropped, unfired incidents before fired ones.
+    pub max_tracked_jobs: usize,
 }
 
 impl Default for IncidentRules {
@@ -33,11 +47,22 @@ impl Default for IncidentRules {
             min_failures: 3,
             fire_on_confirmed: true,
             repeat_interval: Duration::from_secs(4 * 3600),
+            // Two days: a daily job (the slowest common schedule) that fails every run keeps
+            // counting towards min_failures, with a day's slack for a late or missed run; far
+            // beyond any retry burst (Cloud Scheduler backs off an hour at most) and 12x the
+            // default repeat_interval.
+            pending_expiry: Duration::from_secs(48 * 3600),
+            // Ten times the jobs of a large organisation failing at once, and ~45 MiB at most
+            // (about 450 bytes an unfired incident with its index entry), so replay stays
+            // under 64 MiB on any input.
+            max_tracked_jobs: 100_000,
         }
     }
 }
 
-/// The latest failure of an incident: what its notifications describe.
+/// The latest failure of an incident: what its notifications describe. The URL the job called
+/// is not kept: the diagnosis names the target, and a log entry's URL is as long as whoever
+/// wrote the entry likes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Failure {
     /// `unauthenticated` or `permission_denied`.
@@ -46,8 +71,6 @@ pub struct Failure {
     pub status: Option<String>,
     /// The HTTP status, when known.
     pub http_status: Option<u16>,
-    /// The URL the job called, from the log.
-    pub url: Option<String>,
     /// Event time.
     pub at: DateTime<Utc>,
 }
@@ -70,8 +93,12 @@ pub struct Incident {
     pub notified_at: Option<DateTime<Utc>>,
     /// The failure that arrived last.
     pub last_failure: Failure,
-    /// The diagnosis of the failure that arrived last (shared with the pipeline's memo).
-    pub diagnosis: Arc<Diagnosis>,
+    /// Once it fired: the diagnosis of the failure that arrived last (shared with the
+    /// pipeline's memo), for the repeats and the resolved notification. An unfired incident
+    /// holds none (its words and fix are most of an incident's size; the failure that fires
+    /// it brings a fresh one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diagnosis: Option<Arc<Diagnosis>>,
 }
 
 /// What an observation caused.
@@ -87,11 +114,52 @@ pub enum Transition {
     Resolved,
 }
 
+/// Why an open incident was dropped without a notification.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Eviction {
+    /// It had not fired, and an entry arrived `pending_expiry` after its last failure.
+    Expired,
+    /// A new incident needed room under `max_tracked_jobs`.
+    Capacity,
+}
+
+impl Eviction {
+    /// The stable spelling, for summaries and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Eviction::Expired => "expired",
+            Eviction::Capacity => "capacity",
+        }
+    }
+}
+
+/// An incident dropped without a notification: the store must forget it too.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Evicted {
+    /// Its job.
+    pub job: JobKey,
+    /// The incident as it was.
+    pub incident: Incident,
+    /// Why it went.
+    pub reason: Eviction,
+}
+
+/// An incident's place in the eviction order: unfired before fired, then the oldest last
+/// failure first (the job only tells apart equal times).
+type Rank = (bool, DateTime<Utc>, Arc<JobKey>);
+
 /// The open incidents, one per job at most.
 #[derive(Debug, Clone, Default)]
 pub struct Incidents {
     rules: IncidentRules,
-    open: rustc_hash::FxHashMap<JobKey, Incident>,
+    /// The job's key is shared with its `by_age` entry, not copied.
+    open: rustc_hash::FxHashMap<Arc<JobKey>, Incident>,
+    /// Every open incident, in eviction order: what expires or goes first is at the front.
+    by_age: BTreeSet<Rank>,
+    /// Dropped since the last [`Incidents::take_evicted`].
+    evicted: Vec<Evicted>,
+    /// The event time of the last failure or success seen.
+    latest: Option<DateTime<Utc>>,
 }
 
 impl Incidents {
@@ -99,8 +167,13 @@ impl Incidents {
     pub fn new(rules: IncidentRules) -> Self {
         Incidents {
             rules,
-            open: Default::default(),
+            ..Default::default()
         }
+    }
+
+    /// The rules in force.
+    pub fn rules(&self) -> &IncidentRules {
+        &self.rules
     }
 
     /// The job's open incident.
@@ -115,33 +188,106 @@ impl Incidents {
 
     /// Every open incident.
     pub fn iter(&self) -> impl Iterator<Item = (&JobKey, &Incident)> {
-        self.open.iter()
+        self.open.iter().map(|(job, i)| (&**job, i))
     }
 
-    /// Puts back an incident loaded from a store.
+    /// Puts back an incident loaded from a store. Call [`Incidents::trim`] once all are back.
     pub fn restore(&mut self, job: JobKey, incident: Incident) {
-        self.open.insert(job, incident);
+        self.take(&job);
+        self.put(Arc::new(job), incident);
+    }
+
+    /// As of the last failure or success seen: an unfired incident whose last failure is
+    /// earlier has expired. None before any, or when the window reaches past the calendar.
+    /// (Each entry's own time, not the latest of all: one entry forged years ahead ends the
+    /// pending incidents once, but does not expire every later one.)
+    pub fn expiry_cutoff(&self) -> Option<DateTime<Utc>> {
+        let window = chrono::Duration::from_std(self.rules.pending_expiry).ok()?;
+        self.latest?.checked_sub_signed(window)
+    }
+
+    /// Drops the oldest incidents past `max_tracked_jobs` (after a restore under a lower cap).
+    pub fn trim(&mut self) {
+        self.make_room(0);
     }
 
     /// Sets the job's incident as a shared store holds it (none: no open incident).
     pub fn replace(&mut self, job: &JobKey, incident: Option<Incident>) {
-        match incident {
-            Some(i) => {
-                self.open.insert(job.clone(), i);
-            }
-            None => {
-                self.open.remove(job);
-            }
+        let key = self.take(job).map(|(key, _)| key);
+        if let Some(i) = incident {
+            self.put(key.unwrap_or_else(|| Arc::new(job.clone())), i);
         }
     }
 
     /// Forgets every incident (a shared store holds them between batches).
     pub fn clear(&mut self) {
         self.open.clear();
+        self.by_age.clear();
+    }
+
+    /// The incidents dropped without a notification since the last call: expired, or over
+    /// the cap. The caller tells the store.
+    pub fn take_evicted(&mut self) -> std::vec::Drain<'_, Evicted> {
+        self.evicted.drain(..)
+    }
+
+    /// Takes the job's incident out of the map and the index.
+    fn take(&mut self, job: &JobKey) -> Option<(Arc<JobKey>, Incident)> {
+        let (key, incident) = self.open.remove_entry(job)?;
+        let rank = (incident.fired, incident.last_at, key);
+        self.by_age.remove(&rank);
+        Some((rank.2, incident))
+    }
+
+    /// Puts an incident into the map and the index (the job must not be there).
+    fn put(&mut self, key: Arc<JobKey>, incident: Incident) {
+        self.by_age
+            .insert((incident.fired, incident.last_at, key.clone()));
+        self.open.insert(key, incident);
+    }
+
+    /// Drops the incident at the front of the eviction order.
+    fn evict_first(&mut self, reason: Eviction) {
+        let Some((_, _, key)) = self.by_age.pop_first() else {
+            return;
+        };
+        if let Some(incident) = self.open.remove(&*key) {
+            self.evicted.push(Evicted {
+                job: Arc::unwrap_or_clone(key),
+                incident,
+                reason,
+            });
+        }
+    }
+
+    /// Ends the unfired incidents whose last failure is more than `pending_expiry` before
+    /// `now`. They are at the front of the order, so this looks at one entry when none is due.
+    fn expire(&mut self, now: DateTime<Utc>) {
+        self.latest = Some(now);
+        let Some(cutoff) = self.expiry_cutoff() else {
+            return;
+        };
+        while let Some((false, last_at, _)) = self.by_age.first() {
+            if *last_at >= cutoff {
+                break;
+            }
+            self.evict_first(Eviction::Expired);
+        }
+    }
+
+    /// Evicts until `room` more incidents fit under `max_tracked_jobs`.
+    fn make_room(&mut self, room: usize) {
+        // At least one: a new incident is always tracked.
+        let cap = self.rules.max_tracked_jobs.max(1);
+        while !self.open.is_empty() && self.open.len() + room > cap {
+            self.evict_first(Eviction::Capacity);
+        }
     }
 
     /// An auth failure of `job`, diagnosed. Returns the transition and the incident after it.
-    /// `first_key` names the incident if this failure opens one (the entry's dedup key).
+    /// `first_key` names the incident if this failure opens one (the entry's dedup key). Its
+    /// event time first expires the pending incidents it is `pending_expiry` after, and an
+    /// incident that opens may evict the oldest one: see [`Incidents::take_evicted`].
     pub fn failure(
         &mut self,
         job: &JobKey,
@@ -149,29 +295,32 @@ impl Incidents {
         diagnosis: Arc<Diagnosis>,
         first_key: u128,
     ) -> (Transition, &Incident) {
-        let rules = &self.rules;
         let at = failure.at;
+        self.expire(at);
         let confirmed = diagnosis.confirmed();
         // The job's key is copied only when an incident opens.
-        if !self.open.contains_key(job) {
-            let opened = Incident {
-                id: incident_id(job, first_key),
-                count: 0,
-                first_at: at,
-                last_at: at,
-                fired: false,
-                notified_at: None,
-                last_failure: failure.clone(),
-                diagnosis: diagnosis.clone(),
-            };
-            self.open.insert(job.clone(), opened);
-        }
-        let incident = self.open.get_mut(job).expect("inserted above");
+        let (key, mut incident) = match self.take(job) {
+            Some(open) => open,
+            None => {
+                self.make_room(1);
+                let opened = Incident {
+                    id: incident_id(job, first_key),
+                    count: 0,
+                    first_at: at,
+                    last_at: at,
+                    fired: false,
+                    notified_at: None,
+                    last_failure: failure.clone(),
+                    diagnosis: None,
+                };
+                (Arc::new(job.clone()), opened)
+            }
+        };
+        let rules = &self.rules;
         incident.count += 1;
         incident.first_at = incident.first_at.min(at);
         incident.last_at = incident.last_at.max(at);
         incident.last_failure = failure;
-        incident.diagnosis = diagnosis;
 
         let needed = if confirmed && rules.fire_on_confirmed {
             1
@@ -189,18 +338,21 @@ impl Incidents {
             incident.fired = true;
             incident.notified_at = Some(at);
         }
-        (transition, incident)
+        incident.diagnosis = incident.fired.then_some(diagnosis);
+        self.put(key, incident);
+        (transition, self.open.get(job).expect("put above"))
     }
 
     /// A success of `job` at `at`. Ends the open incident when the success is later than its
     /// last failure: returns it, with `Resolved` when it had fired. An older success that
     /// arrives late changes nothing.
     pub fn success(&mut self, job: &JobKey, at: DateTime<Utc>) -> Option<(Transition, Incident)> {
+        self.expire(at);
         let later = self.open.get(job).is_some_and(|i| at > i.last_at);
         if !later {
             return None;
         }
-        let incident = self.open.remove(job)?;
+        let (_, incident) = self.take(job)?;
         let transition = if incident.fired {
             Transition::Resolved
         } else {
@@ -232,7 +384,6 @@ mod tests {
             outcome: Outcome::Unauthenticated,
             status: None,
             http_status: Some(401),
-            url: None,
             at,
         }
     }
@@ -326,6 +477,181 @@ mod tests {
         assert_eq!(tr, Transition::None);
         let second = inc.failure(&job(), fail(t(2)), d, 2).1.id.clone();
         assert_ne!(first, second);
+    }
+
+    fn job_n(n: usize) -> JobKey {
+        JobKey::new("p", "l", &format!("j{n}"))
+    }
+
+    fn hours(h: i64) -> chrono::Duration {
+        chrono::Duration::hours(h)
+    }
+
+    fn evicted(inc: &mut Incidents) -> Vec<(String, Eviction)> {
+        inc.take_evicted()
+            .map(|e| (e.job.job_id, e.reason))
+            .collect()
+    }
+
+    #[test]
+    fn an_unfired_incident_expires_once_an_entry_is_the_window_past_its_last_failure() {
+        let mut inc = Incidents::new(IncidentRules::default());
+        let d = diag(Code::UnexplainedAuthFailure);
+        inc.failure(&job_n(1), fail(t(0)), d.clone(), 1);
+        // Exactly the window (48h) after: still pending.
+        inc.failure(&job_n(2), fail(t(0) + hours(48)), d.clone(), 2);
+        assert!(inc.get(&job_n(1)).is_some());
+        assert!(evicted(&mut inc).is_empty());
+        // A late, older entry expires nothing.
+        inc.failure(&job_n(3), fail(t(-600)), d.clone(), 3);
+        assert!(inc.get(&job_n(1)).is_some());
+        // Any entry past the window ends it silently: here a success of another job.
+        assert!(inc.success(&job_n(9), t(1) + hours(48)).is_none());
+        // With j3, whose last failure is older still; the oldest first.
+        assert_eq!(
+            evicted(&mut inc),
+            [
+                ("j3".into(), Eviction::Expired),
+                ("j1".into(), Eviction::Expired)
+            ]
+        );
+        assert_eq!(inc.open_count(), 1);
+        assert!(inc.get(&job_n(2)).is_some());
+    }
+
+    #[test]
+    fn a_fired_incident_never_expires_it_waits_for_its_success() {
+        let mut inc = Incidents::new(IncidentRules::default());
+        let fired = inc
+            .failure(&job_n(1), fail(t(0)), diag(Code::MissingAuthToken), 1)
+            .0;
+        assert_eq!(fired, Transition::Firing);
+        let later = t(0) + hours(24 * 365);
+        inc.failure(
+            &job_n(2),
+            fail(later),
+            diag(Code::UnexplainedAuthFailure),
+            2,
+        );
+        assert!(evicted(&mut inc).is_empty());
+        let (tr, i) = inc.success(&job_n(1), later).unwrap();
+        assert_eq!((tr, i.count), (Transition::Resolved, 1));
+    }
+
+    #[test]
+    fn an_expired_jobs_next_failure_opens_a_new_incident_with_a_new_id() {
+        let mut inc = Incidents::new(IncidentRules::default());
+        let d = diag(Code::UnexplainedAuthFailure);
+        let first = inc.failure(&job(), fail(t(0)), d.clone(), 1).1.id.clone();
+        inc.failure(&job(), fail(t(1)), d.clone(), 2);
+        let (tr, i) = inc.failure(&job(), fail(t(2) + hours(48)), d, 3);
+        // Two old failures and this one would have fired; expired, it starts again at one.
+        assert_eq!(
+            (tr, i.count, i.first_at),
+            (Transition::None, 1, t(2) + hours(48))
+        );
+        assert_ne!(i.id, first);
+        assert_eq!(evicted(&mut inc), [("j".into(), Eviction::Expired)]);
+    }
+
+    #[test]
+    fn over_the_cap_the_oldest_unfired_incident_goes_first_then_the_oldest_fired() {
+        let mut inc = Incidents::new(IncidentRules {
+            max_tracked_jobs: 3,
+            ..Default::default()
+        });
+        let (confirmed, unconfirmed) = (
+            diag(Code::OidcTokenForGoogleApi),
+            diag(Code::UnexplainedAuthFailure),
+        );
+        // j1 fired, the oldest; j2 and j3 pending.
+        inc.failure(&job_n(1), fail(t(0)), confirmed.clone(), 1);
+        inc.failure(&job_n(2), fail(t(1)), unconfirmed.clone(), 2);
+        inc.failure(&job_n(3), fail(t(2)), unconfirmed.clone(), 3);
+        // j2 fails again: its last failure is now the newest.
+        inc.failure(&job_n(2), fail(t(3)), unconfirmed.clone(), 4);
+        assert!(evicted(&mut inc).is_empty());
+        // j4 needs room: j3 goes (the oldest unfired), not j1 (older, but fired).
+        inc.failure(&job_n(4), fail(t(4)), unconfirmed.clone(), 5);
+        assert_eq!(evicted(&mut inc), [("j3".into(), Eviction::Capacity)]);
+        inc.failure(&job_n(5), fail(t(5)), unconfirmed.clone(), 6);
+        assert_eq!(evicted(&mut inc), [("j2".into(), Eviction::Capacity)]);
+        // j5 and j4 fire: only fired incidents are left, and j6 evicts the oldest, j1.
+        inc.failure(&job_n(5), fail(t(6)), confirmed.clone(), 7);
+        inc.failure(&job_n(4), fail(t(7)), confirmed.clone(), 8);
+        inc.failure(&job_n(6), fail(t(8)), unconfirmed.clone(), 9);
+        assert_eq!(evicted(&mut inc), [("j1".into(), Eviction::Capacity)]);
+        assert_eq!(inc.open_count(), 3);
+        let mut open: Vec<String> = inc.iter().map(|(j, _)| j.job_id.clone()).collect();
+        open.sort();
+        assert_eq!(open, ["j4", "j5", "j6"]);
+    }
+
+    #[test]
+    fn restored_incidents_over_a_lowered_cap_are_trimmed_oldest_first() {
+        let mut before = Incidents::new(IncidentRules::default());
+        let d = diag(Code::UnexplainedAuthFailure);
+        for n in [3, 1, 4, 2] {
+            before.failure(&job_n(n), fail(t(n as i64)), d.clone(), n as u128);
+        }
+        let mut after = Incidents::new(IncidentRules {
+            max_tracked_jobs: 2,
+            ..Default::default()
+        });
+        for (job, i) in before.iter() {
+            after.restore(job.clone(), i.clone());
+        }
+        after.trim();
+        assert_eq!(
+            evicted(&mut after),
+            [
+                ("j1".into(), Eviction::Capacity),
+                ("j2".into(), Eviction::Capacity)
+            ]
+        );
+        assert_eq!(after.open_count(), 2);
+    }
+
+    #[test]
+    fn only_a_fired_incident_holds_a_diagnosis() {
+        let mut inc = Incidents::new(IncidentRules::default());
+        let d = diag(Code::UnexplainedAuthFailure);
+        assert!(inc
+            .failure(&job(), fail(t(0)), d.clone(), 1)
+            .1
+            .diagnosis
+            .is_none());
+        assert!(inc
+            .failure(&job(), fail(t(1)), d.clone(), 2)
+            .1
+            .diagnosis
+            .is_none());
+        let (tr, i) = inc.failure(&job(), fail(t(2)), d.clone(), 3);
+        assert_eq!(tr, Transition::Firing);
+        assert!(Arc::ptr_eq(i.diagnosis.as_ref().unwrap(), &d));
+        // Stored and read back: the pending one has no diagnosis field at all.
+        let mut pending = Incidents::new(IncidentRules::default());
+        let i = pending.failure(&job(), fail(t(0)), d, 1).1;
+        let json = serde_json::to_value(i).unwrap();
+        assert!(json.get("diagnosis").is_none(), "{json}");
+        let back: Incident = serde_json::from_value(json).unwrap();
+        assert_eq!(&back, i);
+    }
+
+    #[test]
+    fn a_far_future_entry_ends_pending_incidents_once_but_does_not_expire_later_ones() {
+        let mut inc = Incidents::new(IncidentRules::default());
+        let d = diag(Code::UnexplainedAuthFailure);
+        inc.failure(&job_n(1), fail(t(0)), d.clone(), 1);
+        // A forged timestamp years ahead: the window is measured from each entry's own time.
+        inc.failure(&job_n(2), fail(t(0) + hours(24 * 3650)), d.clone(), 2);
+        assert_eq!(evicted(&mut inc), [("j1".into(), Eviction::Expired)]);
+        // Entries at the real time again: a new pending incident is kept and fires.
+        for (n, key) in [(1, 3), (2, 4), (3, 5)] {
+            inc.failure(&job_n(3), fail(t(n)), d.clone(), key);
+        }
+        assert!(evicted(&mut inc).is_empty());
+        assert!(inc.get(&job_n(3)).unwrap().fired);
     }
 
     #[test]

@@ -99,6 +99,8 @@ pub struct Metrics {
     pub api_not_listed: AtomicU64,
     /// Failing jobs not asked about: the API did not answer lately, or too many calls waited.
     pub api_not_asked: AtomicU64,
+    /// Incidents the shared store's sweep dropped: unfired and expired, and over the cap.
+    pub incidents_swept: [AtomicU64; 2],
     /// How long a batch's store transaction took, from its first statement to its commit
     /// (with a shared store, including the wait for other replicas' row locks).
     pub store_transaction: Histogram,
@@ -161,6 +163,8 @@ struct PipelineCounts {
     skipped: BTreeMap<&'static str, u64>,
     duplicates: u64,
     alerts: BTreeMap<&'static str, u64>,
+    /// Incidents dropped without a notification: expired unfired, and over the cap.
+    evicted: [u64; 2],
 }
 
 impl Metrics {
@@ -177,6 +181,7 @@ impl Metrics {
         p.skipped.clone_from(&stats.skipped);
         p.duplicates = stats.duplicates;
         p.alerts.clone_from(&stats.alerts);
+        p.evicted = [stats.incidents_expired, stats.incidents_evicted];
         self.incidents_open.store(open_incidents as u64, Relaxed);
     }
 
@@ -274,7 +279,7 @@ impl Metrics {
             .get(&PushOutcome::BadEnvelope)
             .copied()
             .unwrap_or(0);
-        let (skipped, duplicates, alerts) = {
+        let (skipped, duplicates, alerts, evicted) = {
             let p = self.pipeline.lock().expect("metrics lock");
             let mut skipped: Vec<(String, String)> = p
                 .skipped
@@ -296,7 +301,13 @@ impl Metrics {
                     )
                 })
                 .collect();
-            (skipped, p.duplicates, alerts)
+            let evicted: Vec<(String, String)> = ["expired", "capacity"]
+                .iter()
+                .zip(p.evicted)
+                .zip(&self.incidents_swept)
+                .map(|((reason, n), swept)| (label("reason", reason), (n + get(swept)).to_string()))
+                .collect();
+            (skipped, p.duplicates, alerts, evicted)
         };
         family(
             "messages_skipped_total",
@@ -315,6 +326,12 @@ impl Metrics {
             "gauge",
             "Incidents open now.",
             &one(get(&self.incidents_open)),
+        );
+        family(
+            "incidents_evicted_total",
+            "counter",
+            "Incidents dropped without a notification: unfired past [incidents] pending_expiry (expired), or the oldest past max_tracked_jobs (capacity).",
+            &evicted,
         );
         family("alerts_total", "counter", "Alerts made, by event.", &alerts);
 

@@ -17,7 +17,7 @@ use crate::correlate::{Correlator, JobConfig};
 use crate::decode::{Attempt, Decoded, Decoder, Outcome, Phase, SkipReason};
 use crate::dedup::Dedup;
 use crate::diagnose::{Diagnoser, Diagnosis};
-use crate::incidents::{Failure, IncidentRules, Incidents, Transition};
+use crate::incidents::{Eviction, Failure, IncidentRules, Incidents, Transition};
 use crate::{notify, JobKey};
 
 /// What the pipeline saw, for the run summary and metrics.
@@ -41,6 +41,10 @@ pub struct Stats {
     pub skipped: BTreeMap<&'static str, u64>,
     /// Incidents opened.
     pub incidents_opened: u64,
+    /// Unfired incidents ended silently by `pending_expiry`.
+    pub incidents_expired: u64,
+    /// Incidents dropped to stay under `max_tracked_jobs`.
+    pub incidents_evicted: u64,
     /// Alerts made, by event.
     pub alerts: BTreeMap<&'static str, u64>,
 }
@@ -64,13 +68,28 @@ impl Stats {
             format!("{} skipped ({})", self.skipped_total(), parts.join(", "))
         };
         let alerts: u64 = self.alerts.values().sum();
+        let mut dropped = Vec::new();
+        if self.incidents_expired > 0 {
+            dropped.push(format!("{} expired unfired", self.incidents_expired));
+        }
+        if self.incidents_evicted > 0 {
+            dropped.push(format!(
+                "{} dropped at the max_tracked_jobs cap",
+                self.incidents_evicted
+            ));
+        }
+        let dropped = if dropped.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", dropped.join(", "))
+        };
         let by_event: Vec<String> = ["firing", "repeat", "resolved"]
             .iter()
             .map(|e| format!("{} {e}", self.alerts.get(e).copied().unwrap_or(0)))
             .collect();
         format!(
             "{} entries read, {skipped}, {} duplicates; {} finished attempts ({} auth failures, {} successes, {} other failures); \
-             {} incidents opened; {alerts} alerts sent ({})",
+             {} incidents opened{dropped}; {alerts} alerts sent ({})",
             self.entries,
             self.duplicates,
             self.successes + self.auth_failures + self.other_failures,
@@ -114,6 +133,8 @@ pub struct Pipeline {
     /// With a shared store: the dedup keys the store says are new this batch (the store, not
     /// this process, decides what is a duplicate).
     fresh: Option<std::collections::HashSet<u128>>,
+    /// Whether the first eviction of a fired incident was logged.
+    warned_fired_eviction: bool,
     /// What was seen so far.
     pub stats: Stats,
 }
@@ -136,6 +157,7 @@ impl Pipeline {
             scratch: Vec::new(),
             tracking: None,
             fresh: None,
+            warned_fired_eviction: false,
             stats: Stats::default(),
         }
     }
@@ -151,6 +173,8 @@ impl Pipeline {
         for (job, incident) in &state.incidents {
             self.incidents.restore(job.clone(), incident.clone());
         }
+        // A cap lowered since the state was written: the excess goes with the first commit.
+        self.incidents.trim();
         for key in &state.dedup_keys {
             self.dedup.insert(*key);
         }
@@ -172,6 +196,7 @@ impl Pipeline {
 
     /// The changes since the last call, with `alerts` (the events they caused), ready to commit.
     pub fn take_changes(&mut self, alerts: Vec<Alert>) -> crate::store::Changes {
+        self.note_evictions();
         let Some(t) = self.tracking.as_mut() else {
             return crate::store::Changes {
                 alerts,
@@ -290,6 +315,41 @@ impl Pipeline {
         }
     }
 
+    /// Counts the incidents the last step dropped without a notification, and forgets them
+    /// here too: their memo goes, and the store deletes them with the next commit.
+    fn note_evictions(&mut self) {
+        let cap = self.incidents.rules().max_tracked_jobs;
+        for e in self.incidents.take_evicted() {
+            match e.reason {
+                Eviction::Expired => self.stats.incidents_expired += 1,
+                Eviction::Capacity => {
+                    self.stats.incidents_evicted += 1;
+                    // Said once, and once more for the first fired one: that one's resolved
+                    // notification will never come. Further ones are only counted.
+                    let first = self.stats.incidents_evicted == 1;
+                    if first || (e.incident.fired && !self.warned_fired_eviction) {
+                        self.warned_fired_eviction |= e.incident.fired;
+                        tracing::warn!(
+                            job = %e.job,
+                            incident_id = %e.incident.id,
+                            fired = e.incident.fired,
+                            "{cap} jobs have an open incident ([incidents] max_tracked_jobs): dropped the one whose last failure is oldest{}; further ones are counted in schedwatch_incidents_evicted_total, not logged",
+                            if e.incident.fired {
+                                " — it had fired, and will not send a resolved notification"
+                            } else {
+                                ", which had not fired"
+                            }
+                        );
+                    }
+                }
+            }
+            self.explained.remove(&e.job);
+            if let Some(t) = &mut self.tracking {
+                t.jobs.insert(e.job);
+            }
+        }
+    }
+
     /// Notes that `job`'s incident changed, for the next commit; the key is copied once a batch.
     fn track_job(&mut self, job: &JobKey) {
         if let Some(t) = &mut self.tracking {
@@ -300,7 +360,9 @@ impl Pipeline {
     }
 
     fn success(&mut self, a: Attempt, out: &mut Vec<Alert>) {
-        if let Some((transition, incident)) = self.incidents.success(&a.job, a.timestamp) {
+        let ended = self.incidents.success(&a.job, a.timestamp);
+        self.note_evictions();
+        if let Some((transition, incident)) = ended {
             self.explained.remove(&a.job);
             self.track_job(&a.job);
             if transition == Transition::Resolved {
@@ -328,8 +390,9 @@ impl Pipeline {
                     _ => false,
                 }
         });
-        let diagnosis = match reusable {
-            Some(e) => e.diagnosis.clone(),
+        // A fresh diagnosis is remembered only for a fired incident: an unfired one holds none.
+        let (diagnosis, fresh) = match reusable {
+            Some(e) => (e.diagnosis.clone(), None),
             None => {
                 let diagnosis =
                     Arc::new(
@@ -342,34 +405,42 @@ impl Pipeline {
                     url: a.url.clone(),
                     diagnosis: diagnosis.clone(),
                 };
-                self.explained.insert(a.job.clone(), e);
-                diagnosis
+                (diagnosis, Some(e))
             }
         };
-        if opening {
-            self.stats.incidents_opened += 1;
-        }
         self.track_job(&a.job);
         let failure = Failure {
             outcome: a.outcome,
             status: a.status,
             http_status: a.http_status,
-            url: a.url,
             at: a.timestamp,
         };
         let (transition, incident) =
             self.incidents
                 .failure(&a.job, failure, diagnosis, a.dedup_key);
         let event = match transition {
-            Transition::Firing => EventKind::Firing,
-            Transition::Repeat => EventKind::Repeat,
-            Transition::None | Transition::Resolved => return,
+            Transition::Firing => Some(EventKind::Firing),
+            Transition::Repeat => Some(EventKind::Repeat),
+            Transition::None | Transition::Resolved => None,
         };
-        tracing::info!(job = %a.job, incident_id = %incident.id, code = incident.diagnosis.code.as_str(), count = incident.count, "{}", event.as_str());
-        let incident = incident.clone();
+        // (An incident this failure opened has counted one failure.)
+        let (opened, fired) = (incident.count == 1, incident.fired);
+        let incident = event.map(|_| incident.clone());
+        if opened {
+            self.stats.incidents_opened += 1;
+        }
+        // First: an incident of this job that expired just now takes its memo along.
+        self.note_evictions();
+        if let Some(e) = fresh.filter(|_| fired) {
+            self.explained.insert(a.job.clone(), e);
+        }
+        let (Some(event), Some(incident)) = (event, incident) else {
+            return;
+        };
         self.emit(event, &a.job, &incident, None, out);
     }
 
+    /// Makes the alert for a fired incident's notification, with the incident's diagnosis.
     fn emit(
         &mut self,
         event: EventKind,
@@ -378,11 +449,20 @@ impl Pipeline {
         resolved_at: Option<chrono::DateTime<chrono::Utc>>,
         out: &mut Vec<Alert>,
     ) {
+        // Every fired incident holds one; only a store written otherwise could lack it.
+        let Some(diagnosis) = incident.diagnosis.as_deref() else {
+            tracing::warn!(job = %job, incident_id = %incident.id, "a fired incident without a diagnosis (from the store): no {} notification", event.as_str());
+            return;
+        };
+        if event != EventKind::Resolved {
+            tracing::info!(job = %job, incident_id = %incident.id, code = diagnosis.code.as_str(), count = incident.count, "{}", event.as_str());
+        }
         *self.stats.alerts.entry(event.as_str()).or_insert(0) += 1;
         out.push(notify::alert(
             event,
             job,
             incident,
+            diagnosis,
             &self.diagnoser,
             resolved_at,
         ));

@@ -754,14 +754,31 @@ impl Processor {
             .chain(self.done.iter().map(|s| s.id))
             .collect();
         let expire = self.last_expiry.elapsed() > EXPIRE_INTERVAL.min(pg.retention());
+        let incidents = self.pipeline.incidents();
+        let (cutoff, cap) = (
+            incidents.expiry_cutoff(),
+            incidents.rules().max_tracked_jobs,
+        );
         let result = self.handle.block_on(async {
             let rows = pg.claim(&pending, 100).await?;
-            let open = pg.open_incidents().await?;
             let expired = if expire {
+                // The pending incidents' bounds too, on the whole table (a batch sees its own
+                // jobs only): between sweeps the table may pass the cap by what arrived.
+                let (old, over) = pg.sweep_incidents(cutoff, cap).await?;
+                let m = metrics();
+                m.incidents_swept[0].fetch_add(old, Relaxed);
+                m.incidents_swept[1].fetch_add(over, Relaxed);
+                if over > 0 {
+                    // At most once a sweep (EXPIRE_INTERVAL): no flood.
+                    tracing::warn!(expired = old, dropped = over, max_tracked_jobs = cap, "more jobs have an open incident in the shared store than [incidents] max_tracked_jobs: dropped those whose last failure is oldest (unfired first; a fired one will not send its resolved notification)");
+                } else if old > 0 {
+                    tracing::debug!(expired = old, "pending incidents expired in the shared store");
+                }
                 Some(pg.expire_keys().await?)
             } else {
                 None
             };
+            let open = pg.open_incidents().await?;
             Ok::<_, StoreError>((rows, open, expired))
         });
         match result {

@@ -16,19 +16,20 @@ use schedwatch_sinks::alert::{
     EventKind,
 };
 
-use crate::diagnose::Diagnoser;
+use crate::diagnose::{Diagnoser, Diagnosis};
 use crate::incidents::Incident;
 use crate::JobKey;
 
-/// The alert for `incident` of `job`. `resolved_at` is the success's time, on `resolved` only.
+/// The alert for `incident` of `job`, described by `d` (the diagnosis of its latest failure).
+/// `resolved_at` is the success's time, on `resolved` only.
 pub fn alert(
     event: EventKind,
     job: &JobKey,
     incident: &Incident,
+    d: &Diagnosis,
     diagnoser: &Diagnoser,
     resolved_at: Option<DateTime<Utc>>,
 ) -> Alert {
-    let d = &incident.diagnosis;
     let f = &incident.last_failure;
     Alert {
         schema: alert::SCHEMA.to_owned(),

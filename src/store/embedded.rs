@@ -427,6 +427,99 @@ mod tests {
         assert_eq!(state.dedup_keys.len(), lines.len());
     }
 
+    /// A 401 of `job_id` at minute `n`.
+    fn failure_of(job_id: &str, n: usize) -> String {
+        let line = seed_lines()
+            .into_iter()
+            .find(|l| l.contains("UNAUTHENTICATED"))
+            .unwrap();
+        let mut e: serde_json::Value = serde_json::from_str(&line).unwrap();
+        e["resource"]["labels"]["job_id"] = job_id.into();
+        e["insertId"] = format!("{job_id}-{n}").into();
+        e["timestamp"] = format!("2026-03-02T02:{n:02}:07Z").into();
+        e.to_string()
+    }
+
+    #[test]
+    fn evicted_and_expired_incidents_are_deleted_from_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let inventory = Inventory::load(&root.join(SEED).join("jobs")).unwrap();
+        let rules = IncidentRules {
+            max_tracked_jobs: 2,
+            pending_expiry: std::time::Duration::from_secs(600),
+            ..Default::default()
+        };
+        let new_pipeline = || {
+            let mut p = Pipeline::new(
+                rules.clone(),
+                1000,
+                Correlator::new(Some(inventory.clone()), None),
+                Diagnoser::default(),
+            );
+            p.track_changes();
+            p
+        };
+        let names = |store: &EmbeddedStore| -> Vec<String> {
+            let mut n: Vec<String> = store
+                .load()
+                .unwrap()
+                .incidents
+                .into_iter()
+                .map(|(j, _)| j.job_id)
+                .collect();
+            n.sort();
+            n
+        };
+        let store = EmbeddedStore::open(dir.path(), 1000).unwrap();
+        let mut p = new_pipeline();
+        // a, b, then c: over the cap, a (the oldest) goes, in the same commit.
+        let lines: Vec<String> = ["a", "b", "c"]
+            .iter()
+            .enumerate()
+            .map(|(n, j)| failure_of(j, n))
+            .collect();
+        feed(&mut p, &store, &lines);
+        assert_eq!(names(&store), ["b", "c"]);
+        assert_eq!(p.stats.incidents_evicted, 1);
+        // Restarted: b and c only; d 15 minutes later expires both (10 minutes' expiry).
+        drop(p);
+        let mut p = new_pipeline();
+        p.restore(&store.load().unwrap());
+        feed(&mut p, &store, &[failure_of("d", 17)]);
+        assert_eq!(names(&store), ["d"]);
+        assert_eq!(p.stats.incidents_expired, 2);
+    }
+
+    #[test]
+    fn a_cap_lowered_since_the_state_was_written_trims_it_at_the_first_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path(), 1000).unwrap();
+        let mut p = pipeline();
+        let lines: Vec<String> = (0..3).map(|n| failure_of(&format!("j{n}"), n)).collect();
+        feed(&mut p, &store, &lines);
+        assert_eq!(store.load().unwrap().incidents.len(), 3);
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut p = Pipeline::new(
+            IncidentRules {
+                max_tracked_jobs: 1,
+                ..Default::default()
+            },
+            1000,
+            Correlator::new(
+                Some(Inventory::load(&root.join(SEED).join("jobs")).unwrap()),
+                None,
+            ),
+            Diagnoser::default(),
+        );
+        p.restore(&store.load().unwrap());
+        p.track_changes();
+        store.commit(p.take_changes(Vec::new())).unwrap();
+        let state = store.load().unwrap();
+        assert_eq!(state.incidents.len(), 1);
+        assert_eq!(state.incidents[0].0.job_id, "j2");
+    }
+
     #[test]
     fn dedup_keys_are_bounded_and_the_oldest_go_first() {
         let dir = tempfile::tempdir().unwrap();

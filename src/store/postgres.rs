@@ -548,6 +548,55 @@ impl PostgresStore {
             .map_err(|e| self.err(e))
     }
 
+    /// Applies `[incidents]`' bounds to the whole table, as the pipeline applies them to the
+    /// jobs of a batch: ends the unfired incidents whose last failure is before `cutoff`, then
+    /// drops the incidents past `cap` with the oldest last failure, unfired ones first. Rows a
+    /// batch holds locked are skipped (the next sweep sees them), so this never waits on a
+    /// batch nor deadlocks with one. Returns how many expired and how many went over the cap.
+    pub async fn sweep_incidents(
+        &self,
+        cutoff: Option<chrono::DateTime<chrono::Utc>>,
+        cap: usize,
+    ) -> Result<(u64, u64), StoreError> {
+        let client = self.client().await?;
+        let expired = match cutoff {
+            Some(cutoff) => client
+                .execute(
+                    "UPDATE jobs SET incident = NULL, updated_at = now()
+                     WHERE job IN (SELECT job FROM jobs
+                                   WHERE incident IS NOT NULL
+                                     AND (incident->>'fired') IS DISTINCT FROM 'true'
+                                     AND (incident->>'last_at')::timestamptz < $1::text::timestamptz
+                                   FOR UPDATE SKIP LOCKED)",
+                    &[&cutoff.to_rfc3339()],
+                )
+                .await
+                .map_err(|e| self.err(e))?,
+            None => 0,
+        };
+        // On this connection: a pool of one must not wait for a second.
+        let open: i64 = client
+            .query_one("SELECT count(*) FROM jobs WHERE incident IS NOT NULL", &[])
+            .await
+            .map_err(|e| self.err(e))?
+            .get(0);
+        let excess = (open as u64).saturating_sub(cap as u64);
+        if excess == 0 {
+            return Ok((expired, 0));
+        }
+        let evicted = client
+            .execute(
+                "UPDATE jobs SET incident = NULL, updated_at = now()
+                 WHERE job IN (SELECT job FROM jobs WHERE incident IS NOT NULL
+                               ORDER BY (incident->>'fired') = 'true', (incident->>'last_at')::timestamptz
+                               LIMIT $1 FOR UPDATE SKIP LOCKED)",
+                &[&(excess as i64)],
+            )
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok((expired, evicted))
+    }
+
     /// How many incidents are open, across the replicas.
     pub async fn open_incidents(&self) -> Result<u64, StoreError> {
         let client = self.client().await?;

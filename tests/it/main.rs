@@ -9,6 +9,7 @@ mod deploy_docs;
 mod endpoints;
 mod examples;
 mod fixes;
+mod incident_bounds;
 mod postgres_store;
 mod postgres_tls;
 mod properties;

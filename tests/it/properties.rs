@@ -51,6 +51,11 @@ fn pipeline() -> Pipeline {
 /// One execution log entry: job index, outcome (0 started, 1 success, 2 401, 3 403, 4 500),
 /// and a distinct second.
 fn entry(job: usize, outcome: u8, second: u32) -> String {
+    entry_of(JOBS[job], outcome, second)
+}
+
+/// [`entry`] of any job id.
+fn entry_of(job_id: &str, outcome: u8, second: u32) -> String {
     let ts = format!(
         "2026-11-20T{:02}:{:02}:{:02}.000000Z",
         9 + second / 3600,
@@ -67,7 +72,7 @@ fn entry(job: usize, outcome: u8, second: u32) -> String {
     let mut e = serde_json::json!({
         "insertId": format!("id{second}"),
         "logName": "projects/p/logs/cloudscheduler.googleapis.com%2Fexecutions",
-        "resource": {"type": "cloud_scheduler_job", "labels": {"project_id": "p", "location": "us-east1", "job_id": JOBS[job]}},
+        "resource": {"type": "cloud_scheduler_job", "labels": {"project_id": "p", "location": "us-east1", "job_id": job_id}},
         "timestamp": ts,
         "jsonPayload": {"@type": format!("type.googleapis.com/google.cloud.scheduler.logging.{kind}"), "url": "https://x.example/"},
     });
@@ -90,6 +95,30 @@ fn entries() -> impl Strategy<Value = Vec<(usize, String)>> {
                 (job, entry(job, outcome, second))
             })
             .collect()
+    })
+}
+
+/// Entries of up to 40 jobs (a few with the inventory's configs), some hours apart, with a cap
+/// of 1 to 8 tracked jobs and a pending expiry of an hour.
+fn bounded() -> impl Strategy<Value = (usize, Vec<String>)> {
+    let entry = (
+        0usize..40,
+        0u8..5,
+        prop_oneof![8 => 1u32..400, 1 => 3000u32..9000],
+    );
+    (1usize..9, prop::collection::vec(entry, 1..200)).prop_map(|(cap, v)| {
+        let mut second = 0;
+        let lines = v
+            .into_iter()
+            .map(|(job, outcome, gap)| {
+                second += gap;
+                match JOBS.get(job) {
+                    Some(known) => entry_of(known, outcome, second),
+                    None => entry_of(&format!("flood-{job}"), outcome, second),
+                }
+            })
+            .collect();
+        (cap, lines)
     })
 }
 
@@ -175,6 +204,38 @@ proptest! {
         // Newest first, as `gcloud logging read` prints.
         let newest_first: Vec<String> = lines.iter().rev().cloned().collect();
         prop_assert_eq!(&array(&newest_first), &in_order);
+    }
+
+    #[test]
+    fn tracked_incidents_never_exceed_the_cap_and_keep_their_shape((cap, lines) in bounded()) {
+        let rules = IncidentRules {
+            repeat_interval: std::time::Duration::from_secs(600),
+            pending_expiry: std::time::Duration::from_secs(3600),
+            max_tracked_jobs: cap,
+            ..Default::default()
+        };
+        let mut p = Pipeline::new(rules, 10_000, Correlator::new(Some(inventory()), None), Diagnoser::default());
+        let mut alerts = Vec::new();
+        for l in &lines {
+            p.process_item(l.as_bytes(), &mut alerts);
+            prop_assert!(p.incidents().open_count() <= cap, "{} open, cap {cap}", p.incidents().open_count());
+        }
+        let s = &p.stats;
+        // Every incident opened is open, dropped, or ended by a success.
+        prop_assert!(s.incidents_opened >= p.incidents().open_count() as u64 + s.incidents_expired + s.incidents_evicted);
+        // A dropped incident's job starts over: firing first, a resolved only last, per incident.
+        let mut by_incident: BTreeMap<&str, Vec<&Alert>> = BTreeMap::new();
+        for a in &alerts {
+            by_incident.entry(a.incident_id.as_str()).or_default().push(a);
+        }
+        for events in by_incident.values() {
+            use schedwatch_sinks::EventKind::*;
+            prop_assert_eq!(events[0].event, Firing);
+            for (i, e) in events.iter().enumerate() {
+                prop_assert!(e.event != Firing || i == 0);
+                prop_assert!(e.event != Resolved || i == events.len() - 1);
+            }
+        }
     }
 
     #[test]
