@@ -218,6 +218,8 @@ pub async fn serve(
             }
         });
     }
+    // New connections are refused from now on; those open finish their requests.
+    drop(listener);
     connections.close();
     connections.wait().await;
 }
@@ -297,5 +299,35 @@ async fn read_body(body: Body) -> Result<Bytes, BodyError> {
         Ok(Ok(collected)) => Ok(collected.to_bytes()),
         Ok(Err(e)) if e.is::<LengthLimitError>() => Err(BodyError::TooLarge),
         Ok(Err(_)) => Err(BodyError::Broken),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Loaded;
+
+    #[test]
+    fn max_connections_is_checked_with_its_line() {
+        let load = |text: &str| Loaded::from_str(text, "c.toml", Default::default());
+        assert_eq!(
+            load("[server]\n").unwrap().config.server.max_connections,
+            1024
+        );
+        assert_eq!(
+            load("[server]\nmax_connections = 4\n")
+                .unwrap()
+                .config
+                .server
+                .max_connections,
+            4
+        );
+        for bad in ["0", "65537"] {
+            let e = load(&format!(
+                "[server]\nlisten = \"0.0.0.0:8080\"\nmax_connections = {bad}\n"
+            ))
+            .unwrap_err();
+            assert_eq!(e.line, Some(3), "{e}");
+            assert!(e.message.contains("1 to 65536"), "{e}");
+        }
     }
 }

@@ -57,7 +57,9 @@ pub struct PushConfig {
     /// Accepted `iss` values.
     pub issuers: Vec<String>,
     /// Accept requests without a token. Only behind an ingress that already authenticates
-    /// (Cloud Run with `--no-allow-unauthenticated` checks the token itself).
+    /// (Cloud Run with `--no-allow-unauthenticated` checks the token itself): every request's
+    /// body is then read, so anyone who reaches the port can make the process hold
+    /// `[server] max_connections` bodies at once.
     pub allow_unauthenticated: bool,
 }
 
@@ -127,7 +129,7 @@ impl TokenError {
             TokenError::Invalid(_) => "invalid token",
             TokenError::UnknownKey(_) => "token signed by an unknown key",
             TokenError::WrongAccount(_) => "token is not for the configured service account",
-            TokenError::Keys(_) => "cannot read the signing keys; send it again",
+            TokenError::Keys(_) => "cannot read the signing keys",
         }
     }
 
@@ -148,7 +150,8 @@ impl TokenError {
 const SHOWN_CHARS: usize = 64;
 
 /// An untrusted value as a log line may carry it: at most [`SHOWN_CHARS`] characters, control
-/// characters escaped (no forged lines, no terminal escapes), `…` when cut.
+/// and invisible characters escaped (no forged lines, no terminal escapes, no text reversed by
+/// a bidi override), `…` when cut.
 pub(crate) fn shown(untrusted: &str) -> String {
     let mut out = String::with_capacity(untrusted.len().min(SHOWN_CHARS * 2));
     for (n, c) in untrusted.chars().enumerate() {
@@ -156,7 +159,8 @@ pub(crate) fn shown(untrusted: &str) -> String {
             out.push('…');
             break;
         }
-        if c.is_control() {
+        // Rust's debug escaping knows which characters do not print (format, unassigned…).
+        if c.is_control() || (!c.is_ascii() && c.escape_debug().len() > 1) {
             out.extend(c.escape_default());
         } else {
             out.push(c);
@@ -493,15 +497,18 @@ struct Window {
     logged_at: Option<Instant>,
     /// Refusals for the reason since that line (this one included).
     count: u64,
+    /// The fault is ours, not the caller's: an error, not a warning.
+    ours: bool,
 }
 
 impl RefusalLog {
     /// One more refusal for `reason` at `now`: `Some(n)` when a line is due, `n` the refusals
     /// it stands for.
-    fn note(&self, reason: &'static str, now: Instant) -> Option<u64> {
+    fn note(&self, reason: &'static str, ours: bool, now: Instant) -> Option<u64> {
         let mut by_reason = self.by_reason.lock().expect("refusal log lock");
         let w = by_reason.entry(reason).or_default();
         w.count += 1;
+        w.ours = ours;
         if w.logged_at
             .is_some_and(|at| now.saturating_duration_since(at) < LOG_WINDOW)
         {
@@ -511,16 +518,29 @@ impl RefusalLog {
         Some(std::mem::take(&mut w.count))
     }
 
-    /// Refusals not in a line yet, by reason.
-    fn unlogged(&self) -> Vec<(&'static str, u64)> {
+    /// Refusals not in a line yet: reason, whose fault, count.
+    fn unlogged(&self) -> Vec<(&'static str, bool, u64)> {
         let by_reason = self.by_reason.lock().expect("refusal log lock");
         let mut left: Vec<_> = by_reason
             .iter()
             .filter(|(_, w)| w.count > 0)
-            .map(|(r, w)| (*r, w.count))
+            .map(|(r, w)| (*r, w.ours, w.count))
             .collect();
         left.sort();
         left
+    }
+
+    /// The line for `count` refusals; `detail` (ours or already [`shown`]) is the last one's.
+    fn log(reason: &'static str, ours: bool, count: u64, detail: &str) {
+        let detail = match detail {
+            "" => String::new(),
+            d => format!(" ({d})"),
+        };
+        if ours {
+            tracing::error!(reason, refused = count, "push requests not checked: {reason}{detail}; {count} since the last line about it (at most one a minute)");
+        } else {
+            tracing::warn!(reason, refused = count, "push requests refused: {reason}{detail}; {count} since the last line about it (at most one a minute)");
+        }
     }
 }
 
@@ -680,18 +700,8 @@ impl PushReceiver {
     /// Logs a refused request, rate-limited per reason; `ours`: the fault is ours (an error,
     /// not a warning). `detail` is ours or already [`shown`].
     fn refused(&self, reason: &'static str, detail: &str, ours: bool) {
-        let Some(count) = self.refusals.note(reason, Instant::now()) else {
-            return;
-        };
-        let detail = match detail {
-            "" => String::new(),
-            d => format!(" ({d})"),
-        };
-        let window = LOG_WINDOW.as_secs();
-        if ours {
-            tracing::error!(reason, refused = count, "push requests not checked: {reason}{detail}; {count} since the last line about it (at most one a {window} s)");
-        } else {
-            tracing::warn!(reason, refused = count, "push requests refused: {reason}{detail}; {count} since the last line about it (at most one a {window} s)");
+        if let Some(count) = self.refusals.note(reason, ours, Instant::now()) {
+            RefusalLog::log(reason, ours, count, detail);
         }
     }
 }
@@ -699,16 +709,11 @@ impl PushReceiver {
 impl Drop for PushReceiver {
     /// The refusals not in a line yet get one, so no count is lost at shutdown.
     fn drop(&mut self) {
-        for (reason, count) in self.refusals.unlogged() {
-            tracing::warn!(
-                reason,
-                refused = count,
-                "push requests refused: {reason}; {count} since the last line about it"
-            );
+        for (reason, ours, count) in self.refusals.unlogged() {
+            RefusalLog::log(reason, ours, count, "");
         }
     }
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -881,6 +886,7 @@ mod tests {
         assert_eq!(cut.chars().count(), SHOWN_CHARS + 1);
         assert!(cut.ends_with('…'));
         assert!(!shown(&"\n".repeat(1000)).contains('\n'));
+        assert_eq!(shown("evil\u{202e}gpj.exe é"), "evil\\u{202e}gpj.exe é");
     }
 
     #[test]
@@ -888,16 +894,16 @@ mod tests {
         let log = RefusalLog::default();
         let t0 = Instant::now();
         let at = |s: u64| t0 + Duration::from_secs(s);
-        assert_eq!(log.note("invalid token", at(0)), Some(1));
+        assert_eq!(log.note("invalid token", false, at(0)), Some(1));
         for s in 1..=59 {
-            assert_eq!(log.note("invalid token", at(s)), None);
+            assert_eq!(log.note("invalid token", false, at(s)), None);
         }
         // Another reason has a window of its own.
-        assert_eq!(log.note("no bearer token", at(30)), Some(1));
-        assert_eq!(log.unlogged(), vec![("invalid token", 59)]);
-        assert_eq!(log.note("invalid token", at(60)), Some(60));
-        assert_eq!(log.note("invalid token", at(61)), None);
-        assert_eq!(log.unlogged(), vec![("invalid token", 1)]);
+        assert_eq!(log.note("no bearer token", false, at(30)), Some(1));
+        assert_eq!(log.unlogged(), vec![("invalid token", false, 59)]);
+        assert_eq!(log.note("invalid token", false, at(60)), Some(60));
+        assert_eq!(log.note("invalid token", false, at(61)), None);
+        assert_eq!(log.unlogged(), vec![("invalid token", false, 1)]);
     }
 
     /// A key set holding `signer.pem`'s public key as `kid`.
