@@ -178,6 +178,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         store,
         source,
         listen,
+        max_connections: config.server.max_connections,
         state,
         receivers,
         routes: config.routes.clone(),

@@ -309,6 +309,9 @@ impl Loaded {
                 return Err(self.error_at(self.find("[source.push]").or(Some(push.span())), e));
             }
         }
+        if let Err(e) = c.server.validate() {
+            return Err(self.error_at(self.find("max_connections"), e));
+        }
         if let Some(sub) = &c.source.subscription {
             if !is_subscription_name(sub.get_ref()) {
                 return Err(self.error_at(

@@ -143,6 +143,8 @@ pub struct Service {
     pub source: Source,
     /// Where the HTTP endpoints are served, if anywhere (push needs it).
     pub listen: Option<SocketAddr>,
+    /// How many HTTP connections are served at once (`[server] max_connections`).
+    pub max_connections: usize,
     /// Batching, durability and shutdown settings.
     pub state: StateConfig,
     /// The receivers, built.
@@ -164,6 +166,7 @@ pub fn run(service: Service) -> anyhow::Result<()> {
         store,
         source,
         listen,
+        max_connections,
         state,
         receivers,
         routes,
@@ -247,7 +250,12 @@ pub fn run(service: Service) -> anyhow::Result<()> {
     if let Some(listener) = listener {
         tracing::info!(address = %listener.local_addr()?, push = push.is_some(), "serving /healthz, /readyz, /metrics{}", if push.is_some() { ", /pubsub/push" } else { "" });
         let app = crate::http::router(mode, push);
-        runtime.spawn(crate::http::serve(listener, app, shutdown.clone()));
+        runtime.spawn(crate::http::serve(
+            listener,
+            app,
+            max_connections,
+            shutdown.clone(),
+        ));
     }
     // A shared store: connected (and migrated) now, retried until it answers — the endpoints
     // say "not ready" meanwhile, and nothing is pulled or acked.
