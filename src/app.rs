@@ -402,18 +402,22 @@ struct Inline<'a> {
 }
 
 /// Feeds files through the pipeline, printing alerts as they are made (and delivering them to
-/// `inline` receivers).
+/// `inline` receivers). Stops at the first alert that cannot be printed (stdout closed, or a
+/// pipe whose reader has gone): an error, exit 1, as that alert and the next would be lost.
 fn feed(
     files: &[PathBuf],
     pipeline: &mut Pipeline,
     formats: &[Format],
     mut inline: Option<&mut Inline>,
 ) -> anyhow::Result<()> {
-    let stdout = io::stdout();
-    let mut sink = NdjsonSink::new(stdout.lock());
+    let mut sink = NdjsonSink::new(crate::notify::deliver::stdout());
+    let printed = std::cell::Cell::new(0u64);
     let mut emit = |alerts: &[Alert]| -> io::Result<()> {
         for alert in alerts {
             crate::notify::deliver::print_alert(&mut sink, formats, alert)?;
+            if !formats.is_empty() {
+                printed.set(printed.get() + 1);
+            }
             let Some(inline) = inline.as_deref_mut() else {
                 continue;
             };
@@ -437,9 +441,14 @@ fn feed(
         Ok(())
     };
     for path in files {
-        file::replay(path, pipeline, &mut emit).map_err(|e| match e {
+        let fed = file::replay(path, pipeline, &mut emit);
+        fed.map_err(|e| match e {
             FileError::Io { .. } => usage(e),
-            FileError::Output(_) => e.into(),
+            FileError::Output(e) => anyhow::anyhow!(
+                "cannot print alerts to stdout: {e}. Stopped: {} alert(s) were printed before, \
+                 none after",
+                printed.get()
+            ),
         })?;
     }
     Ok(())

@@ -13,6 +13,7 @@ use std::time::Duration;
 use reqwest::header::RETRY_AFTER;
 use serde::{Deserialize, Deserializer};
 
+use crate::redact::Redactor;
 use crate::Alert;
 
 /// A boxed future, so sinks can live behind `dyn Sink`.
@@ -27,7 +28,8 @@ pub trait Sink: Send + Sync {
 }
 
 /// Why a delivery attempt failed. Reasons never contain secrets (webhook URLs, tokens,
-/// passwords): they name the receiver's kind, the status and the answer's first bytes.
+/// passwords): they name the receiver's kind, the status and the answer's first bytes, which
+/// go through [`quote`].
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum DeliveryError {
     /// Worth trying again: a 5xx, a 429, a timeout, a refused connection.
@@ -54,20 +56,53 @@ impl DeliveryError {
     }
 }
 
+/// The most of what a receiver said that a delivery error quotes, in bytes once escaped: enough
+/// for any receiver's own error (Slack's `invalid_payload`, PagerDuty's JSON errors of about 150
+/// bytes, an SMTP reply, which RFC 5321 keeps under 512 and servers under 100), little enough
+/// that a chatty or hostile receiver (an HTML error page, a stack trace) cannot fill a log line
+/// or the outbox row's `last_error`.
+pub const MAX_QUOTED: usize = 300;
+
+/// What a receiver said (an HTTP answer's body, an SMTP reply, a transport error's text), fit to
+/// quote in a [`DeliveryError`]: every form of `secrets` redacted first (see [`Redactor`]), then
+/// control and invisible characters escaped (`\n`, `\u{1b}`…), so it cannot forge a log line
+/// or drive a terminal, then cut to [`MAX_QUOTED`] bytes (ending in `…` when cut). `cut`: `said`
+/// is itself only the start of the answer. The one way a receiver's words reach an error.
+pub fn quote(said: &[u8], cut: bool, secrets: &Redactor) -> String {
+    let text = secrets.redact(said, cut);
+    let text = text.trim();
+    let mut out = String::with_capacity(text.len().min(MAX_QUOTED));
+    for c in text.chars() {
+        let escaped: String = match c {
+            // Quotes need no escape: the quoted text is never parsed back.
+            '"' | '\'' => c.to_string(),
+            c => c.escape_debug().collect(),
+        };
+        if out.len() + escaped.len() > MAX_QUOTED {
+            out.push('…');
+            break;
+        }
+        out.push_str(&escaped);
+    }
+    out
+}
+
 /// Maps an HTTP answer to a delivery outcome: 2xx delivered; 408, 429 and 5xx retryable (with
 /// `Retry-After` in seconds when given); any other status permanent. `what` names the sink
-/// ("Slack", "webhook receiver"…); `body` is quoted, cut to 200 characters.
+/// ("Slack", "webhook receiver"…); `body` (the first [`ANSWER_BYTES`] at most) is [`quote`]d,
+/// without `secrets`.
 pub fn http_outcome(
     what: &str,
     status: u16,
     retry_after: Option<&str>,
-    body: &str,
+    body: &[u8],
+    secrets: &Redactor,
 ) -> Result<(), DeliveryError> {
     if (200..300).contains(&status) {
         return Ok(());
     }
-    let body: String = body.trim().chars().take(200).collect();
-    let reason = format!("{what} answered HTTP {status}: {body:?}");
+    let body = quote(body, body.len() >= ANSWER_BYTES, secrets);
+    let reason = format!("{what} answered HTTP {status}: \"{body}\"");
     if status == 408 || status == 429 || (500..600).contains(&status) {
         let after = retry_after
             .and_then(|v| v.trim().parse::<u64>().ok())
@@ -78,9 +113,10 @@ pub fn http_outcome(
     }
 }
 
-/// Maps a transport error (no HTTP answer) to a retryable outcome, without the URL: webhook
-/// URLs are secrets.
-pub fn transport_error(what: &str, e: reqwest::Error) -> DeliveryError {
+/// Maps a transport error (no HTTP answer) to a retryable outcome: what failed and why (the
+/// error and its causes), without the URL, and [`quote`]d without `secrets` in case a cause
+/// quotes the URL or a header anyway.
+pub fn transport_error(what: &str, e: reqwest::Error, secrets: &Redactor) -> DeliveryError {
     let kind = if e.is_timeout() {
         "timed out"
     } else if e.is_connect() {
@@ -88,8 +124,16 @@ pub fn transport_error(what: &str, e: reqwest::Error) -> DeliveryError {
     } else {
         "request failed"
     };
+    let e = e.without_url();
+    let mut text = e.to_string();
+    let mut cause = std::error::Error::source(&e);
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
     DeliveryError::Retryable {
-        reason: format!("{what}: {kind}: {}", e.without_url()),
+        reason: format!("{what}: {kind}: {}", quote(text.as_bytes(), false, secrets)),
         after: None,
     }
 }
@@ -104,8 +148,10 @@ pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The longest `timeout` accepted: past that, retrying later is better than waiting.
 const MAX_TIMEOUT: Duration = Duration::from_secs(300);
 
-/// How much of an answer's body is read: error reasons quote 200 characters of it.
-const ANSWER_BYTES: usize = 4096;
+/// How much of an answer's body is read: error reasons quote [`MAX_QUOTED`] bytes of it, and
+/// secrets are redacted before that cut, in all that was read (more than the quote, so that
+/// redaction, which shortens, still leaves a whole quote).
+pub const ANSWER_BYTES: usize = 4096;
 
 pub(crate) fn default_timeout() -> Duration {
     DEFAULT_TIMEOUT
@@ -157,21 +203,6 @@ pub fn is_http_url(text: &str) -> bool {
         .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some())
 }
 
-/// What to scrub from answers for a secret URL: the URL, and its path and query, which carry
-/// the token in Slack-style webhooks and which a receiver may echo (`no route for /hooks/…`).
-pub(crate) fn url_parts(url: &str) -> Vec<String> {
-    let mut parts = vec![url.to_owned()];
-    if let Ok(u) = reqwest::Url::parse(url) {
-        if u.path().len() > 1 {
-            parts.push(u.path().to_owned());
-            // Without the leading `/`, for answers that quote it relative.
-            parts.push(u.path()[1..].to_owned());
-        }
-        parts.extend(u.query().map(str::to_owned));
-    }
-    parts
-}
-
 /// The one client a sink keeps (and schedwatch's push-token key fetch). Redirects are not followed: a POST that is redirected is a
 /// misconfigured URL, and following it would resend secret headers to another address.
 pub fn http_client(timeout: Duration) -> Result<reqwest::Client, reqwest::Error> {
@@ -183,14 +214,16 @@ pub fn http_client(timeout: Duration) -> Result<reqwest::Client, reqwest::Error>
 }
 
 /// Sends one request and maps the answer with [`http_outcome`] (or [`transport_error`] when
-/// there is none). `redact` is scrubbed from the answer's body before it is quoted: a receiver
-/// may echo what it was sent. Longer strings first, so a URL goes before its path.
+/// there is none). `secrets` are what the request carried: a receiver may echo them.
 pub(crate) async fn post(
     what: &str,
     request: reqwest::RequestBuilder,
-    redact: &[String],
+    secrets: &Redactor,
 ) -> Result<(), DeliveryError> {
-    let mut response = request.send().await.map_err(|e| transport_error(what, e))?;
+    let mut response = request
+        .send()
+        .await
+        .map_err(|e| transport_error(what, e, secrets))?;
     let status = response.status().as_u16();
     let retry_after = response
         .headers()
@@ -207,13 +240,7 @@ pub(crate) async fn post(
         }
     }
     bytes.truncate(ANSWER_BYTES);
-    let mut body = String::from_utf8_lossy(&bytes).into_owned();
-    let mut redact: Vec<&String> = redact.iter().filter(|s| s.len() > 1).collect();
-    redact.sort_by_key(|s| std::cmp::Reverse(s.len()));
-    for secret in redact {
-        body = body.replace(secret.as_str(), "[redacted]");
-    }
-    http_outcome(what, status, retry_after.as_deref(), &body)
+    http_outcome(what, status, retry_after.as_deref(), &bytes, secrets)
 }
 
 #[cfg(test)]
@@ -232,20 +259,57 @@ mod tests {
 
     #[test]
     fn statuses_map_to_retry_decisions() {
-        assert_eq!(http_outcome("x", 204, None, ""), Ok(()));
-        assert!(http_outcome("x", 500, None, "").unwrap_err().is_retryable());
+        let none = Redactor::new();
+        assert_eq!(http_outcome("x", 204, None, b"", &none), Ok(()));
+        assert!(http_outcome("x", 500, None, b"", &none)
+            .unwrap_err()
+            .is_retryable());
         assert_eq!(
-            http_outcome("x", 429, Some("7"), "slow down"),
+            http_outcome("x", 429, Some("7"), b"slow down", &none),
             Err(DeliveryError::Retryable {
                 reason: "x answered HTTP 429: \"slow down\"".into(),
                 after: Some(Duration::from_secs(7))
             })
         );
-        assert!(!http_outcome("x", 400, None, "invalid_payload")
+        assert!(!http_outcome("x", 400, None, b"invalid_payload", &none)
             .unwrap_err()
             .is_retryable());
-        assert!(!http_outcome("x", 404, None, "no_service")
+        assert!(!http_outcome("x", 404, None, b"no_service", &none)
             .unwrap_err()
             .is_retryable());
+    }
+
+    #[test]
+    fn quotes_are_redacted_escaped_and_short() {
+        let mut secrets = Redactor::new();
+        secrets.secret("tok-0123456789");
+        let forged = "bad tok-0123456789\n2026-01-01T00:00:00Z INFO all good\u{1b}[2J\u{202e}";
+        assert_eq!(
+            quote(forged.as_bytes(), false, &secrets),
+            "bad [redacted]\\n2026-01-01T00:00:00Z INFO all good\\u{1b}[2J\\u{202e}"
+        );
+        let long = "x".repeat(10_000);
+        let q = quote(long.as_bytes(), false, &secrets);
+        assert!(
+            q.len() <= MAX_QUOTED + '…'.len_utf8() && q.ends_with('…'),
+            "{q}"
+        );
+        let escapes = "\u{7}".repeat(1000);
+        let q = quote(escapes.as_bytes(), false, &secrets);
+        assert!(q.len() <= MAX_QUOTED + '…'.len_utf8(), "{}", q.len());
+        assert!(
+            q.trim_end_matches('…').ends_with("\\u{7}"),
+            "not cut inside an escape: {q}"
+        );
+        // Redaction comes before the cut: a secret at the cut is not half shown.
+        let at_cut = format!("{}tok-0123456789", "y".repeat(MAX_QUOTED - 5));
+        let q = quote(at_cut.as_bytes(), false, &secrets);
+        assert!(!q.contains("tok-"), "{q}");
+        // A secret cut short where the answer was cut when read.
+        let read = format!("{}tok-01234", "z".repeat(10));
+        assert_eq!(
+            quote(read.as_bytes(), true, &secrets),
+            "zzzzzzzzzz[redacted]"
+        );
     }
 }

@@ -37,8 +37,9 @@ use lettre::transport::smtp::client::{Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use serde::Deserialize;
 
-use crate::delivery::{BoxFuture, DeliveryError, Sink};
-use crate::secret::{Secret, SecretError, SecretRef};
+use crate::delivery::{quote, BoxFuture, DeliveryError, Sink};
+use crate::redact::Redactor;
+use crate::secret::{SecretError, SecretRef};
 use crate::{Alert, EventKind};
 
 /// The subject prefix when the config names none.
@@ -214,8 +215,11 @@ pub struct EmailSink {
     /// The deadline for one whole send (connect, TLS, AUTH, envelope, data, quit). lettre's own
     /// timeout bounds only the TCP connect on tokio, so this is what stops a silent server.
     deadline: Duration,
-    /// Kept only to scrub it from error reasons, should a server ever echo it.
-    password: Option<Secret>,
+    /// Whether the sink logs in (AUTH).
+    auth: bool,
+    /// The password (and the user, when it is a secret) in every form AUTH sends them, to redact
+    /// from the server's replies before they are quoted in an error: a server may echo them.
+    secrets: Redactor,
     transport: AsyncSmtpTransport<Tokio1Executor>,
 }
 
@@ -235,7 +239,7 @@ impl fmt::Debug for EmailSink {
                 "cc",
                 &self.cc.iter().map(Mailbox::to_string).collect::<Vec<_>>(),
             )
-            .field("auth", &self.password.is_some())
+            .field("auth", &self.auth)
             .finish_non_exhaustive()
     }
 }
@@ -258,22 +262,21 @@ impl EmailSink {
         let credentials = match (&config.username, &config.password) {
             (None, None) => None,
             (Some(user), Some(password)) => {
-                let user = match user {
-                    Username::Plain(u) => u.clone(),
-                    Username::Secret(r) => r
-                        .read()
-                        .map_err(|source| EmailError::Secret {
+                let (user, user_is_secret) = match user {
+                    Username::Plain(u) => (u.clone(), false),
+                    Username::Secret(r) => {
+                        let user = r.read().map_err(|source| EmailError::Secret {
                             field: "username",
                             source,
-                        })?
-                        .expose()
-                        .to_owned(),
+                        })?;
+                        (user.expose().to_owned(), true)
+                    }
                 };
                 let password = password.read().map_err(|source| EmailError::Secret {
                     field: "password",
                     source,
                 })?;
-                Some((user, password))
+                Some((user, user_is_secret, password))
             }
             _ => return Err(EmailError::HalfCredentials),
         };
@@ -297,10 +300,11 @@ impl EmailSink {
             .port(port)
             .tls(tls)
             .timeout(Some(config.timeout));
-        let mut password = None;
-        if let Some((user, secret)) = credentials {
-            builder = builder.credentials(Credentials::new(user, secret.expose().to_owned()));
-            password = Some(secret);
+        let mut secrets = Redactor::new();
+        let auth = credentials.is_some();
+        if let Some((user, user_is_secret, password)) = credentials {
+            secrets.login(&user, user_is_secret, password.expose());
+            builder = builder.credentials(Credentials::new(user, password.expose().to_owned()));
         }
 
         Ok(EmailSink {
@@ -313,7 +317,8 @@ impl EmailSink {
             cc,
             subject_prefix: config.subject_prefix.clone(),
             deadline: config.timeout,
-            password,
+            auth,
+            secrets,
             transport: builder.build(),
         })
     }
@@ -352,14 +357,11 @@ impl EmailSink {
             })
     }
 
-    /// Maps a lettre SMTP error to a delivery outcome, without the password.
+    /// Maps a lettre SMTP error to a delivery outcome; what the server said is [`quote`]d,
+    /// without the credentials.
     fn outcome(&self, e: lettre::transport::smtp::Error) -> DeliveryError {
-        let mut reason = format!("SMTP server {}:{}: {e}", self.host, self.port);
-        if let Some(p) = &self.password {
-            if !p.expose().is_empty() {
-                reason = reason.replace(p.expose(), "[redacted]");
-            }
-        }
+        let said = quote(e.to_string().as_bytes(), false, &self.secrets);
+        let reason = format!("SMTP server {}:{}: {said}", self.host, self.port);
         if e.is_permanent() || e.is_client() {
             // 5xx: the server refused for good (unknown mailbox, bad credentials, policy).
             // Client: we cannot talk to this server as configured (no STARTTLS, no common AUTH).

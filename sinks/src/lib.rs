@@ -8,6 +8,7 @@
 //! - [`stdout`]: the NDJSON sink (`--format json`), one event per line.
 //! - [`delivery`]: the [`Sink`] interface and what a delivery attempt ends in.
 //! - [`secret`]: secrets from env or files, never printed.
+//! - [`redact`]: every form of a sink's secrets, removed from what its receiver answers.
 //! - [`slack`], [`webhook`], [`pagerduty`]: the HTTP sinks.
 //! - [`email`]: SMTP through lettre.
 #![deny(missing_docs)]
@@ -16,6 +17,7 @@ pub mod alert;
 pub mod delivery;
 pub mod email;
 pub mod pagerduty;
+pub mod redact;
 pub mod secret;
 pub mod slack;
 pub mod stdout;

@@ -31,6 +31,7 @@ use serde_json::{json, Value};
 use crate::delivery::{
     default_timeout, deserialize_timeout, http_client, is_http_url, post, BoxFuture,
 };
+use crate::redact::Redactor;
 use crate::secret::SecretError;
 use crate::{Alert, DeliveryError, EventKind, Secret, SecretRef, Sink};
 
@@ -99,6 +100,8 @@ pub enum PagerDutyError {
 pub struct PagerDutySink {
     name: String,
     routing_key: Secret,
+    /// The routing key, to redact from answers quoted in errors.
+    secrets: Redactor,
     /// `{endpoint}/v2/enqueue`.
     url: String,
     severity_by_code: BTreeMap<String, Severity>,
@@ -112,9 +115,12 @@ impl PagerDutySink {
         if !is_http_url(&config.endpoint) {
             return Err(PagerDutyError::Endpoint(config.endpoint.clone()));
         }
+        let mut secrets = Redactor::new();
+        secrets.secret(routing_key.expose());
         Ok(PagerDutySink {
             name: name.into(),
             routing_key,
+            secrets,
             url: format!("{}/v2/enqueue", config.endpoint.trim_end_matches('/')),
             severity_by_code: config.severity_by_code.clone(),
             client: http_client(config.timeout).map_err(PagerDutyError::Client)?,
@@ -143,7 +149,7 @@ impl Sink for PagerDutySink {
             let mut event = render(alert, &self.severity_by_code);
             event["routing_key"] = Value::from(self.routing_key.expose());
             let request = self.client.post(&self.url).json(&event);
-            post(WHAT, request, &[self.routing_key.expose().to_owned()]).await?;
+            post(WHAT, request, &self.secrets).await?;
             tracing::debug!(sink = %self.name, incident_id = %alert.incident_id, "PagerDuty event enqueued");
             Ok(())
         })

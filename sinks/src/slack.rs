@@ -40,8 +40,9 @@ use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
 use crate::delivery::{
-    default_timeout, deserialize_timeout, http_client, is_http_url, post, url_parts, BoxFuture,
+    default_timeout, deserialize_timeout, http_client, is_http_url, post, BoxFuture,
 };
+use crate::redact::Redactor;
 use crate::secret::SecretError;
 use crate::{Alert, DeliveryError, EventKind, Secret, SecretRef, Sink};
 
@@ -101,8 +102,8 @@ type Pacer = tokio::sync::Mutex<Option<Instant>>;
 pub struct SlackSink {
     name: String,
     webhook: Secret,
-    /// The webhook URL, its path and query: scrubbed from answers quoted in errors.
-    redact: Vec<String>,
+    /// The webhook URL and its parts: redacted from answers quoted in errors.
+    secrets: Redactor,
     client: reqwest::Client,
     /// Shared by every sink on the same webhook URL.
     pacer: Arc<Pacer>,
@@ -118,7 +119,11 @@ impl SlackSink {
         Ok(SlackSink {
             name: name.into(),
             pacer: pacer_for(&webhook),
-            redact: url_parts(webhook.expose()),
+            secrets: {
+                let mut secrets = Redactor::new();
+                secrets.url(webhook.expose());
+                secrets
+            },
             webhook,
             client: http_client(config.timeout).map_err(SlackError::Client)?,
         })
@@ -164,7 +169,7 @@ impl Sink for SlackSink {
                 }
             }
             let request = self.client.post(self.webhook.expose()).json(&message);
-            let result = post(WHAT, request, &self.redact).await;
+            let result = post(WHAT, request, &self.secrets).await;
             // Counted from the answer, so the receiver sees the gap whatever the latency.
             let pause = match &result {
                 Err(DeliveryError::Retryable {

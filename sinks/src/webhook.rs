@@ -34,8 +34,9 @@ use serde::Deserialize;
 use sha2::Sha256;
 
 use crate::delivery::{
-    default_timeout, deserialize_timeout, http_client, is_http_url, post, url_parts, BoxFuture,
+    default_timeout, deserialize_timeout, http_client, is_http_url, post, BoxFuture,
 };
+use crate::redact::Redactor;
 use crate::secret::SecretError;
 use crate::{Alert, DeliveryError, Secret, SecretRef, Sink};
 
@@ -106,9 +107,9 @@ pub struct WebhookSink {
     signing_secret: Option<Secret>,
     /// The configured headers; secret values are marked sensitive.
     headers: HeaderMap,
-    /// Secret values (and the URL's path and query) to scrub from a receiver's answer before
-    /// it is quoted in an error.
-    redact: Vec<String>,
+    /// The URL, the signing key and the secret header values, to redact from a receiver's
+    /// answer before it is quoted in an error.
+    secrets: Redactor,
     client: reqwest::Client,
 }
 
@@ -129,8 +130,11 @@ impl WebhookSink {
         };
 
         let mut headers = HeaderMap::new();
-        let mut redact = url_parts(url.expose());
-        redact.extend(signing_secret.iter().map(|s| s.expose().to_owned()));
+        let mut secrets = Redactor::new();
+        secrets.url(url.expose());
+        if let Some(key) = &signing_secret {
+            secrets.secret(key.expose());
+        }
         for (name, value) in &config.headers {
             let header = header_name(name)?;
             let value = HeaderValue::from_str(value).map_err(|_| WebhookError::Header {
@@ -157,7 +161,7 @@ impl WebhookSink {
                 })?;
             value.set_sensitive(true);
             headers.insert(header, value);
-            redact.push(secret.expose().to_owned());
+            secrets.secret(secret.expose());
         }
 
         Ok(WebhookSink {
@@ -165,7 +169,7 @@ impl WebhookSink {
             url,
             signing_secret,
             headers,
-            redact,
+            secrets,
             client: http_client(config.timeout).map_err(WebhookError::Client)?,
         })
     }
@@ -200,7 +204,7 @@ impl Sink for WebhookSink {
             if let Some(secret) = &self.signing_secret {
                 request = request.header(SIGNATURE_HEADER, sign(secret, &body));
             }
-            post(WHAT, request.body(body), &self.redact).await?;
+            post(WHAT, request.body(body), &self.secrets).await?;
             tracing::debug!(sink = %self.name, incident_id = %alert.incident_id, "webhook delivered");
             Ok(())
         })

@@ -7,7 +7,10 @@
 //! `UPDATE_SNAPSHOTS=1 cargo test -p schedwatch-sinks --test email` rewrites the snapshots in
 //! `tests/snapshots/`.
 
+mod common;
+
 use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -657,6 +660,111 @@ async fn auth_over_plain_delivers_with_the_right_password_and_a_wrong_one_is_per
         !err.is_retryable(),
         "530 auth required must be permanent: {err:?}"
     );
+}
+
+/// A hostile SMTP server on loopback: it offers AUTH PLAIN and LOGIN and refuses the login of
+/// the `n`-th connection with a 535 that quotes `replies[n]`, a line each (SMTP replies lines
+/// of 1,000 bytes at most). Serves `replies.len()` connections, one after the other, each read
+/// with a timeout; gives back the AUTH lines it got.
+fn echoing_smtp_server(replies: Vec<Vec<String>>) -> (u16, std::thread::JoinHandle<Vec<String>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = std::thread::spawn(move || {
+        let mut auth_lines = Vec::new();
+        for reply in replies {
+            let (stream, _) = listener.accept().unwrap();
+            // Long enough for a busy machine, short enough that a test gone wrong ends.
+            stream
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            let mut out = stream.try_clone().unwrap();
+            let mut lines = BufReader::new(stream);
+            out.write_all(b"220 hostile ESMTP\r\n").unwrap();
+            let mut line = String::new();
+            while lines.read_line(&mut line).is_ok_and(|n| n > 0) {
+                let command = line.trim_end().to_owned();
+                line.clear();
+                let upper = command.to_ascii_uppercase();
+                let answer = if upper.starts_with("EHLO") || upper.starts_with("HELO") {
+                    "250-hostile\r\n250 AUTH PLAIN LOGIN\r\n".to_owned()
+                } else if upper.starts_with("AUTH") {
+                    auth_lines.push(command);
+                    let lines: String = reply
+                        .iter()
+                        .map(|echo| format!("535-5.7.8 {echo}\r\n"))
+                        .collect();
+                    format!("{lines}535 5.7.8 Authentication failed\r\n")
+                } else if upper.starts_with("QUIT") {
+                    let _ = out.write_all(b"221 bye\r\n");
+                    break;
+                } else {
+                    "500 5.5.1 what\r\n".to_owned()
+                };
+                if out.write_all(answer.as_bytes()).is_err() {
+                    break;
+                }
+            }
+        }
+        auth_lines
+    });
+    (port, server)
+}
+
+#[tokio::test]
+async fn a_server_that_echoes_the_credentials_gets_none_into_the_error() {
+    use base64::Engine as _;
+    const USER: &str = "AKIAEXAMPLEUSER01";
+    const PASSWORD: &str = "pw 7a1e/9c+&do-not-print";
+    let plain = base64::engine::general_purpose::STANDARD.encode(format!("\0{USER}\0{PASSWORD}"));
+    let user_password = format!("{USER}:{PASSWORD}");
+    let cases: Vec<Vec<&str>> = vec![
+        vec![PASSWORD],
+        vec![USER],
+        vec![&user_password],
+        vec![&plain],
+    ];
+    // AUTH PLAIN's base64 is echoed as text: the base64 of that is no form it travels in.
+    let forms = |s: &str| {
+        if s == plain {
+            common::text_echoes(s)
+        } else {
+            common::echoes(s)
+        }
+    };
+    let replies = cases
+        .iter()
+        .map(|c| c.iter().flat_map(|s| forms(s)).collect())
+        .collect();
+    let (port, server) = echoing_smtp_server(replies);
+
+    let dir = tempfile::tempdir().unwrap();
+    let secret = |name: &str, value: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, value).unwrap();
+        serde_json::json!({ "file": path })
+    };
+    let mut config = plain_config(port);
+    config.username = serde_json::from_value(secret("user", USER)).unwrap();
+    config.password = serde_json::from_value(secret("password", PASSWORD)).unwrap();
+    let sink = sink(&config);
+    let mut everything: Vec<&str> = cases.iter().flatten().copied().collect();
+    everything.push(&plain);
+    for echoed in &cases {
+        let err = sink.send(&firing()).await.unwrap_err();
+        let DeliveryError::Permanent { reason } = &err else {
+            panic!("535 must be permanent: {err:?}");
+        };
+        assert!(reason.contains("535"), "{reason}");
+        // Each form is redacted, not cut off: the quote holds them all.
+        let count: usize = echoed.iter().map(|s| forms(s).len()).sum();
+        assert_eq!(reason.matches("[redacted]").count(), count, "{reason}");
+        assert!(reason.ends_with("Authentication failed"), "{reason}");
+        common::assert_no_secret(&format!("{err} {err:?} {sink:?}"), &everything);
+    }
+    // The server was sent the real credentials, so it had them to echo.
+    let auth = server.join().unwrap();
+    assert_eq!(auth.len(), cases.len(), "{auth:?}");
+    assert!(auth[0].contains(&plain), "{auth:?}");
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::{closed_port, firing, huge_fix, repeat, resolved, Answer, Receiver, Secrets};
+use schedwatch_sinks::delivery;
 use schedwatch_sinks::pagerduty::{self, PagerDutyConfig, PagerDutySink, Severity};
 use schedwatch_sinks::slack::{self, SlackConfig, SlackSink};
 use schedwatch_sinks::webhook::{WebhookConfig, WebhookSink};
@@ -788,4 +789,180 @@ fn build_errors_name_the_setting_not_the_value() {
         .unwrap_err()
         .to_string()
         .contains("unknown field `channel`"));
+}
+
+// ---- A receiver that echoes the secrets it was sent ----
+//
+// Each answer quotes one secret (or a few) in every form `common::echoes` knows, and is short
+// enough once redacted to be quoted whole: so each form is shown to be redacted, not merely cut
+// off by the quote's length limit.
+
+/// A Slack webhook's parts as Slack shapes them: team id, bot id, token.
+const SLACK_TEAM: &str = "T01ABCDEFGH";
+const SLACK_BOT: &str = "B02ABCDEFGH";
+const SLACK_TOKEN: &str = "abcdefGHIJKLmnopQRSTuvwx";
+
+/// The quoted answer in a delivery error: what is between the first and the last `"`.
+fn quoted(e: &DeliveryError) -> &str {
+    let r = reason(e);
+    let start = r.find('"').map_or(0, |i| i + 1);
+    let end = r.rfind('"').unwrap_or(r.len());
+    &r[start..end.max(start)]
+}
+
+#[tokio::test]
+async fn slack_redacts_its_webhook_url_in_every_form_a_receiver_echoes() {
+    let path = format!("/services/{SLACK_TEAM}/{SLACK_BOT}/{SLACK_TOKEN}");
+    let mut all = vec![SLACK_TOKEN.to_owned(), path.clone()];
+    for (i, status) in [400, 500, 404, 503, 403].into_iter().enumerate() {
+        // One receiver (one webhook URL) each: Slack's pacing is not what is tested.
+        let receiver = Receiver::start(Answer::new(200, "ok"));
+        let url = receiver.url(&path);
+        let echoed: Vec<String> = match i {
+            0 => vec![SLACK_TOKEN.into()],
+            1 => vec![SLACK_TEAM.into(), SLACK_BOT.into()],
+            2 => vec![path.clone()],
+            3 => vec![url.clone()],
+            // The path as a relative reference.
+            _ => vec![path[1..].to_owned()],
+        };
+        all.push(url.clone());
+        let echoed: Vec<&str> = echoed.iter().map(String::as_str).collect();
+        receiver.answer_next(Answer::new(status, &common::echo_body(&echoed)));
+        let sink = SlackSink::new(
+            "sre-slack",
+            &SlackConfig {
+                webhook_url: Secrets::new().file("slack", &url),
+                timeout: Duration::from_secs(5),
+            },
+        )
+        .unwrap();
+        let e = sink.send(&firing()).await.unwrap_err();
+        assert!(reason(&e).contains(&format!("HTTP {status}")), "{e}");
+        assert_eq!(quoted(&e), common::echo_redacted(&echoed), "{e}");
+        let shown = format!("{e} {e:?} {sink:?}");
+        let all: Vec<&str> = all.iter().map(String::as_str).collect();
+        common::assert_no_secret(&shown, &all);
+        common::assert_no_secret(&shown, &[SLACK_TEAM, SLACK_BOT]);
+    }
+}
+
+const QUERY_TOKEN: &str = "q-0123456789abcdef";
+const BEARER: &str = "tok-9f8e7d6c5b4a3210";
+const BASIC_USER: &str = "svc-alerts";
+const BASIC_PASSWORD: &str = "pa55 w0rd/+&x";
+
+#[tokio::test]
+async fn webhook_redacts_url_token_headers_and_signing_key_in_every_form() {
+    let receiver = Receiver::start(Answer::new(204, ""));
+    let url = receiver.url(&format!(
+        "/hooks/{SLACK_TEAM}/{SLACK_TOKEN}?token={QUERY_TOKEN}&team=sre"
+    ));
+    let basic = {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(format!("{BASIC_USER}:{BASIC_PASSWORD}"))
+    };
+    let secrets = Secrets::new();
+    let config = WebhookConfig {
+        url: secrets.file("url", &url),
+        signing_secret: Some(secrets.file("signing", SIGNING_KEY)),
+        headers: BTreeMap::new(),
+        secret_headers: BTreeMap::from([
+            (
+                "Authorization".to_owned(),
+                secrets.file("bearer", &format!("Bearer {BEARER}")),
+            ),
+            (
+                "Proxy-Authorization".to_owned(),
+                secrets.file("basic", &format!("Basic {basic}")),
+            ),
+        ]),
+        timeout: Duration::from_secs(5),
+    };
+    let sink = WebhookSink::new("ops-hook", &config).unwrap();
+    let bearer_header = format!("Bearer {BEARER}");
+    let basic_header = format!("Basic {basic}");
+    let user_password = format!("{BASIC_USER}:{BASIC_PASSWORD}");
+    let cases: Vec<Vec<&str>> = vec![
+        vec![&url],
+        vec![QUERY_TOKEN, SLACK_TOKEN],
+        vec![SLACK_TEAM],
+        vec![&bearer_header],
+        vec![BEARER],
+        vec![&basic_header],
+        vec![&user_password],
+        vec![BASIC_PASSWORD, BASIC_USER],
+        vec![SIGNING_KEY],
+    ];
+    let mut everything: Vec<&str> = cases.iter().flatten().copied().collect();
+    everything.push(&basic);
+    for (i, echoed) in cases.iter().enumerate() {
+        let status = if i % 2 == 0 { 401 } else { 502 };
+        receiver.answer_next(Answer::new(status, &common::echo_body(echoed)));
+        let e = sink.send(&firing()).await.unwrap_err();
+        assert_eq!(e.is_retryable(), status == 502, "{e}");
+        assert_eq!(quoted(&e), common::echo_redacted(echoed), "{e}");
+        common::assert_no_secret(&format!("{e} {e:?} {sink:?}"), &everything);
+    }
+    // What the requests carried is what was redacted.
+    let sent = &receiver.requests()[0];
+    assert_eq!(sent.header("authorization"), Some(bearer_header.as_str()));
+    assert_eq!(
+        sent.header("proxy-authorization"),
+        Some(basic_header.as_str())
+    );
+    assert!(sent.path.contains(QUERY_TOKEN), "{}", sent.path);
+}
+
+#[tokio::test]
+async fn pagerduty_redacts_its_routing_key_in_every_form() {
+    let receiver = Receiver::start(Answer::new(202, PD_ACCEPTED));
+    for status in [400, 500] {
+        receiver.answer_next(Answer::new(status, &common::echo_body(&[ROUTING_KEY])));
+    }
+    let sink = pagerduty_sink(&receiver.url(""), BTreeMap::new());
+    for _ in 0..2 {
+        let e = sink.send(&firing()).await.unwrap_err();
+        assert_eq!(quoted(&e), common::echo_redacted(&[ROUTING_KEY]), "{e}");
+        common::assert_no_secret(&format!("{e} {e:?}"), &[ROUTING_KEY]);
+    }
+    // The key was sent, so the receiver had it to echo.
+    let request = String::from_utf8(receiver.requests()[0].body.clone()).unwrap();
+    assert!(request.contains(ROUTING_KEY));
+}
+
+#[tokio::test]
+async fn an_answer_is_quoted_short_and_cannot_forge_a_log_line() {
+    let receiver = Receiver::start(Answer::new(204, ""));
+    receiver.answer_next(Answer::new(
+        500,
+        "oops\n2026-11-20T09:00:00Z INFO schedwatch: all good\r\u{1b}[2J\u{202e}",
+    ));
+    receiver.answer_next(Answer::new(500, &"<html>".repeat(2000)));
+    // A secret that starts before the quote's end and runs past it.
+    receiver.answer_next(Answer::new(
+        400,
+        &format!("{}{BEARER}", "x".repeat(delivery::MAX_QUOTED - 4)),
+    ));
+    let secrets = Secrets::new();
+    let mut config = webhook_config(&secrets, &receiver.url("/hook"));
+    config.secret_headers = BTreeMap::from([(
+        "Authorization".to_owned(),
+        secrets.file("bearer", &format!("Bearer {BEARER}")),
+    )]);
+    let sink = WebhookSink::new("h", &config).unwrap();
+
+    let e = sink.send(&firing()).await.unwrap_err().to_string();
+    assert!(!e.contains(['\n', '\r', '\u{1b}', '\u{202e}']), "{e:?}");
+    assert!(
+        e.contains(r"oops\n2026-11-20T09:00:00Z INFO schedwatch: all good\r\u{1b}[2J\u{202e}"),
+        "{e}"
+    );
+    let e = sink.send(&firing()).await.unwrap_err();
+    assert!(
+        quoted(&e).len() <= delivery::MAX_QUOTED + '…'.len_utf8() && quoted(&e).ends_with('…'),
+        "{e}"
+    );
+    let e = sink.send(&firing()).await.unwrap_err();
+    assert!(!reason(&e).contains("tok-"), "{e}");
 }

@@ -15,6 +15,7 @@
 //! reason, counted and recorded as failed, never retried.
 
 use std::io::{self, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -85,9 +86,59 @@ pub struct WriterReceiver<W: Write + Send> {
 }
 
 /// A stdout receiver.
-pub type StdoutReceiver = WriterReceiver<io::Stdout>;
+pub type StdoutReceiver = WriterReceiver<Stdout>;
 
-impl WriterReceiver<io::Stdout> {
+/// Whether fd 1 was closed when schedwatch started (`schedwatch replay … >&-`).
+static STDOUT_CLOSED: AtomicBool = AtomicBool::new(false);
+
+/// Tells every [`Stdout`] that fd 1 was closed when the process started. Rust's runtime opens
+/// `/dev/null` in its place before `main` (so that no file opened later becomes "stdout"), and
+/// writes there succeed: without this, alerts printed to a closed stdout would be counted as
+/// sent. `main` finds out before the runtime starts and calls this first thing.
+pub fn stdout_was_closed() {
+    STDOUT_CLOSED.store(true, Ordering::Relaxed);
+}
+
+/// Standard output for alerts, where a write error is an error: stdout closed when schedwatch
+/// started fails every write, as a closed descriptor would (`EBADF`), and a pipe whose reader
+/// has gone fails with `EPIPE` (Rust programs ignore SIGPIPE, so it surfaces as an error).
+#[derive(Debug, Default)]
+pub struct Stdout(());
+
+/// stdout for alerts (see [`Stdout`]).
+pub fn stdout() -> Stdout {
+    Stdout(())
+}
+
+impl Stdout {
+    fn check(&self) -> io::Result<()> {
+        if STDOUT_CLOSED.load(Ordering::Relaxed) {
+            return Err(io::Error::other(
+                "it was closed when schedwatch started (>&-)",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Write for Stdout {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.check()?;
+        io::stdout().write(buf)
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        self.check()?;
+        io::stdout().lock().write_all(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.check()?;
+        io::stdout().flush()
+    }
+}
+
+impl WriterReceiver<Stdout> {
     /// A stdout receiver printing each alert in every one of `formats`. A closed stdout (a pipe
     /// whose reader went away) will not get better by waiting: its errors are permanent.
     pub fn stdout(name: &str, formats: Vec<Format>) -> StdoutReceiver {
@@ -96,7 +147,7 @@ impl WriterReceiver<io::Stdout> {
             formats,
             label: "stdout".to_owned(),
             retry_errors: false,
-            out: Mutex::new(NdjsonSink::new(io::stdout())),
+            out: Mutex::new(NdjsonSink::new(stdout())),
         }
     }
 }

@@ -294,3 +294,60 @@ fn every_toml_block_in_the_readme_is_a_valid_config() {
     }
     assert!(checked >= 3, "{checked} blocks");
 }
+
+/// `sh -c 'exec schedwatch replay --format json <demo> <redirect>'`: the shell sets up stdout.
+fn replay_demo_with_stdout(redirect: &str) -> std::process::Output {
+    let demo = common::root().join("config/demo");
+    std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            r#"exec "$0" replay --format json --jobs "$1" "$2" {redirect}"#
+        ))
+        .arg(env!("CARGO_BIN_EXE_schedwatch"))
+        .arg(demo.join("jobs"))
+        .arg(demo.join("logs.ndjson"))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("sh runs")
+}
+
+#[test]
+fn replay_with_stdout_closed_exits_1_and_counts_nothing_sent() {
+    let out = replay_demo_with_stdout(">&-");
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("cannot print alerts to stdout") && err.contains("closed"),
+        "{err}"
+    );
+    assert!(err.contains("0 alert(s) were printed"), "{err}");
+    assert!(!err.contains("alerts sent"), "{err}");
+
+    // /dev/null is where the user chose to send them: that is no error.
+    let out = replay_demo_with_stdout(">/dev/null");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("alerts sent"), "{}", stderr(&out));
+}
+
+#[test]
+fn replay_into_a_pipe_whose_reader_has_gone_exits_1() {
+    let demo = common::root().join("config/demo");
+    let (reader, writer) = std::io::pipe().unwrap();
+    // Closed before schedwatch starts: its first write gets EPIPE, whatever the timing.
+    drop(reader);
+    let out = common::bin()
+        .args(["replay", "--format", "text", "--jobs"])
+        .arg(demo.join("jobs"))
+        .arg(demo.join("logs.ndjson"))
+        .stdin(std::process::Stdio::null())
+        .stdout(writer)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("cannot print alerts to stdout") && err.contains("Broken pipe"),
+        "{err}"
+    );
+    assert!(!err.contains("alerts sent"), "{err}");
+}

@@ -273,3 +273,88 @@ fn replay_demo() -> std::process::Output {
     assert!(out.status.success(), "{}", stderr(&out));
     out
 }
+
+#[test]
+fn send_test_never_prints_the_secrets_a_receiver_echoes() {
+    use base64::Engine as _;
+    const TEAM: &str = "T01ABCDEFGH";
+    const HOOK_TOKEN: &str = "abcdefGHIJKLmnopQRSTuvwx";
+    const QUERY_TOKEN: &str = "q-0123456789abcdef";
+    const BEARER: &str = "tok-9f8e7d6c5b4a3210";
+    // A receiver (or a proxy before it) that fails and echoes what it was sent: the request
+    // line raw and percent-encoded, the Authorization header, its token in base64, all in a
+    // JSON body that escapes `/`.
+    let server = FakeServer::start(|req| {
+        let auth = req.header("authorization").unwrap_or_default().to_owned();
+        let token = auth.strip_prefix("Bearer ").unwrap_or_default();
+        let encoded: String = req
+            .path
+            .bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() {
+                    char::from(b).to_string()
+                } else {
+                    format!("%{b:02x}")
+                }
+            })
+            .collect();
+        let body = serde_json::json!({
+            "error": "upstream failed",
+            "path": req.path,
+            "path_encoded": encoded,
+            "authorization": auth,
+            "token_b64": base64::engine::general_purpose::STANDARD.encode(token),
+        });
+        Response::text(500, &body.to_string().replace('/', "\\/"))
+    });
+    let dir = tempfile::tempdir().unwrap();
+    common::write(
+        dir.path(),
+        "url",
+        format!(
+            "{}/hooks/{TEAM}/{HOOK_TOKEN}?token={QUERY_TOKEN}",
+            server.url()
+        ),
+    );
+    common::write(dir.path(), "bearer", format!("Bearer {BEARER}\n"));
+    let cfg = common::write(
+        dir.path(),
+        "receivers.toml",
+        format!(
+            "[[receivers]]\nname = \"ops-hook\"\n[receivers.webhook]\nurl = {{ file = \"{}\" }}\n\
+             secret_headers = {{ Authorization = {{ file = \"{}\" }} }}\n",
+            dir.path().join("url").display(),
+            dir.path().join("bearer").display()
+        ),
+    );
+
+    let out = send_test(&cfg, "ops-hook");
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    // Every echo is there, redacted: none was merely cut off.
+    for field in ["path", "path_encoded", "authorization", "token_b64"] {
+        assert!(
+            err.contains(&format!("\"{field}\":\"[redacted]\"")),
+            "{field}: {err}"
+        );
+    }
+    let b64 = base64::engine::general_purpose::STANDARD.encode(BEARER);
+    for secret in [
+        TEAM,
+        HOOK_TOKEN,
+        QUERY_TOKEN,
+        BEARER,
+        &b64,
+        "/hooks",
+        "hooks%2f",
+    ] {
+        assert!(!err.contains(secret), "{secret:?} in {err}");
+    }
+    // The receiver did get the secrets it echoed.
+    let sent = &server.requests()[0];
+    assert!(sent.path.contains(QUERY_TOKEN), "{}", sent.path);
+    assert_eq!(
+        sent.header("authorization"),
+        Some(format!("Bearer {BEARER}").as_str())
+    );
+}

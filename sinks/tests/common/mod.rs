@@ -293,3 +293,74 @@ pub fn huge_fix() -> Alert {
     alert.fix.terraform = "# terraform & more\n".repeat(1100);
     alert
 }
+
+/// Every way a receiver may echo `secret` back: [`text_echoes`], and in base64.
+pub fn echoes(secret: &str) -> Vec<String> {
+    use base64::Engine as _;
+    let mut forms = text_echoes(secret);
+    forms.push(base64::engine::general_purpose::STANDARD.encode(secret));
+    forms.push(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret));
+    forms
+}
+
+/// Every way a receiver may echo `secret` back as text: as is; percent-encoded with upper- and
+/// lower-case hex, with `+` for a space (form encoding), and twice over; JSON-escaped (as
+/// `serde_json` writes it, with `\/`, and all `\uXXXX`); as HTML.
+pub fn text_echoes(secret: &str) -> Vec<String> {
+    let percent = |s: &str, lower: bool, plus: bool| -> String {
+        s.bytes()
+            .map(|b| match b {
+                b' ' if plus => "+".to_owned(),
+                b if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) => char::from(b).to_string(),
+                b if lower => format!("%{b:02x}"),
+                b => format!("%{b:02X}"),
+            })
+            .collect()
+    };
+    let json = serde_json::to_string(secret).unwrap();
+    let json = json[1..json.len() - 1].to_owned();
+    let all_u: String = secret
+        .encode_utf16()
+        .map(|u| format!("\\u{u:04x}"))
+        .collect();
+    let html = secret
+        .replace('&', "&amp;")
+        .replace('/', "&#x2F;")
+        .replace('<', "&lt;")
+        .replace('"', "&quot;");
+    vec![
+        secret.to_owned(),
+        percent(secret, false, false),
+        percent(secret, true, false),
+        percent(secret, false, true),
+        percent(&percent(secret, false, false), true, false),
+        json.clone(),
+        json.replace('/', "\\/"),
+        all_u,
+        html,
+    ]
+}
+
+/// A body that echoes each of `secrets` in every form [`echoes`] knows, ` | ` between two.
+pub fn echo_body(secrets: &[&str]) -> String {
+    secrets
+        .iter()
+        .flat_map(|s| echoes(s))
+        .collect::<Vec<_>>()
+        .join(" | ")
+}
+
+/// What the quote of [`echo_body`] must be once every form is redacted.
+pub fn echo_redacted(secrets: &[&str]) -> String {
+    let forms = secrets.iter().map(|s| echoes(s).len()).sum();
+    vec!["[redacted]"; forms].join(" | ")
+}
+
+/// Panics if `text` holds any of `secrets` in any form [`echoes`] knows.
+pub fn assert_no_secret(text: &str, secrets: &[&str]) {
+    for secret in secrets {
+        for form in echoes(secret) {
+            assert!(!text.contains(&form), "{secret:?} as {form:?} in: {text}");
+        }
+    }
+}
