@@ -307,7 +307,7 @@ pub fn audit(args: AuditArgs) -> anyhow::Result<ExitCode> {
         match args.format {
             Format::Json => {
                 let line = serde_json::json!({
-                    "job": {"name": key.name(), "project": key.project, "location": key.location, "id": key.job_id},
+                    "job": {"name": key.name(), "project": key.project(), "location": key.location(), "id": key.job_id()},
                     "findings": findings.iter().map(|d| serde_json::json!({
                         "code": d.code.as_str(),
                         "confidence": d.confidence(),

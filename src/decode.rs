@@ -102,7 +102,8 @@ pub enum SkipReason {
     NotAnObject,
     /// An object, but not a Cloud Scheduler log entry (other resource type, or no resource).
     NotSchedulerEntry,
-    /// A scheduler entry whose known fields have the wrong types.
+    /// A scheduler entry whose known fields have the wrong types, or whose job labels are not
+    /// a project id, a location and a job id as Cloud Scheduler spells them ([`JobKey::new`]).
     MalformedEntry,
     /// A scheduler entry without `project_id`, `location` or `job_id`.
     MissingJobLabels,
@@ -147,7 +148,7 @@ impl SkipReason {
             SkipReason::InvalidJson => "not valid JSON (truncated, not UTF-8, or nested too deeply)",
             SkipReason::NotAnObject => "a JSON value that is not an object",
             SkipReason::NotSchedulerEntry => "not a Cloud Scheduler log entry (resource.type is not cloud_scheduler_job); check the log sink's filter",
-            SkipReason::MalformedEntry => "a scheduler entry whose fields have unexpected types",
+            SkipReason::MalformedEntry => "a scheduler entry whose fields have unexpected types, or whose job labels break Cloud Scheduler's grammar",
             SkipReason::MissingJobLabels => "resource.labels lacks project_id, location or job_id",
             SkipReason::BadTimestamp => "timestamp missing or not RFC 3339",
             SkipReason::BadPubsubMessage => "a Pub/Sub message whose data is missing or not base64",
@@ -459,14 +460,21 @@ fn entry(item: RawItem<'_>) -> Decoded {
         return Err(SkipReason::NotSchedulerEntry);
     }
     let labels = resource.labels.ok_or(SkipReason::MissingJobLabels)?;
-    let nonempty = |l: Option<Text<'_>>| l.filter(|s| !s.is_empty()).map(Text::into_owned);
-    let (Some(project), Some(location), Some(job_id)) = (
-        nonempty(labels.project_id),
-        nonempty(labels.location),
-        nonempty(labels.job_id),
-    ) else {
+    let nonempty = |l: &Option<Text<'_>>| l.as_deref().filter(|s| !s.is_empty()).is_some();
+    if !(nonempty(&labels.project_id) && nonempty(&labels.location) && nonempty(&labels.job_id)) {
         return Err(SkipReason::MissingJobLabels);
-    };
+    }
+    // The labels are whatever the entry's writer put there: only Cloud Scheduler's own
+    // grammar gets through, so no label reaches a fix, a log line, a message or an API path.
+    fn label<'t>(l: &'t Option<Text<'_>>) -> &'t str {
+        l.as_deref().unwrap_or_default()
+    }
+    let job = JobKey::new(
+        label(&labels.project_id),
+        label(&labels.location),
+        label(&labels.job_id),
+    )
+    .map_err(|_| SkipReason::MalformedEntry)?;
     let ts_text = item.timestamp.ok_or(SkipReason::BadTimestamp)?;
     let timestamp = parse_timestamp(&ts_text).ok_or(SkipReason::BadTimestamp)?;
 
@@ -476,19 +484,33 @@ fn entry(item: RawItem<'_>) -> Decoded {
         Some(t) if t.ends_with("AttemptStarted") => Phase::Started,
         _ => Phase::Other,
     };
-    let (status, url, debug_info) = match payload {
-        Some(p) => (p.status, p.url, p.debug_info),
-        None => (None, None, None),
+    let (kind, status, url, debug_info) = match payload {
+        Some(p) => (p.kind, p.status, p.url, p.debug_info),
+        None => (None, None, None, None),
     };
     let http_status = item
         .http_request
         .and_then(|h| h.status)
         .or_else(|| debug_info.as_deref().and_then(debug_info_code));
     let outcome = classify_outcome(status.as_deref(), http_status);
+    // Spelled out only for the key of an entry without ids: the hot path allocates nothing.
+    let http_text = (item.log_name.is_none() || item.insert_id.is_none())
+        .then(|| http_status.map(|h| h.to_string()))
+        .flatten();
     let dedup_key = dedup_key(
         item.log_name.as_deref(),
         item.insert_id.as_deref(),
         &ts_text,
+        &[
+            Some(job.project()),
+            Some(job.location()),
+            Some(job.job_id()),
+            kind.as_deref(),
+            status.as_deref(),
+            http_text.as_deref(),
+            url.as_deref(),
+            debug_info.as_deref(),
+        ],
     );
     // Details are copied only for failures, where an alert shows them; the hot path (started
     // entries and successes) copies nothing but the job.
@@ -501,11 +523,7 @@ fn entry(item: RawItem<'_>) -> Decoded {
         }
     };
     Ok(Attempt {
-        job: JobKey {
-            project,
-            location,
-            job_id,
-        },
+        job,
         phase,
         outcome,
         status: keep(status),
@@ -549,9 +567,20 @@ pub fn parse_timestamp(text: &str) -> Option<DateTime<Utc>> {
 
 /// The deduplication key of CONTRACT section 1: `(logName, insertId, timestamp)`, hashed to
 /// 128 bits so the dedup window stores 16 bytes an entry (a collision needs ~2^64 entries).
-pub fn dedup_key(log_name: Option<&str>, insert_id: Option<&str>, timestamp: &str) -> u128 {
+///
+/// An entry without `insertId` or `logName` has no identity of its own: then `content` (the
+/// job and what the entry says) is part of the key too, so different jobs' entries at the same
+/// instant stay apart while the same entry delivered twice is still one.
+pub fn dedup_key(
+    log_name: Option<&str>,
+    insert_id: Option<&str>,
+    timestamp: &str,
+    content: &[Option<&str>],
+) -> u128 {
     let mut h = xxhash_rust::xxh3::Xxh3::new();
-    for part in [log_name, insert_id, Some(timestamp)] {
+    let identified = log_name.is_some() && insert_id.is_some();
+    let content = if identified { &[][..] } else { content };
+    for part in [log_name, insert_id, Some(timestamp)].iter().chain(content) {
         match part {
             Some(s) => {
                 h.update(&[1]);
@@ -585,7 +614,7 @@ mod tests {
         let a = one(&fixture("logs/attempt_finished_401_oidc_run_job.json")).unwrap();
         assert_eq!(
             a.job,
-            JobKey::new("acme-data-prod", "europe-west1", "nightly-etl-trigger")
+            JobKey::new("acme-data-prod", "europe-west1", "nightly-etl-trigger").unwrap()
         );
         assert_eq!(a.phase, Phase::Finished);
         assert_eq!(a.outcome, Outcome::Unauthenticated);
@@ -659,7 +688,7 @@ mod tests {
         );
         assert_eq!(classify_outcome(None, Some(204)), Outcome::Success);
         assert_eq!(classify_outcome(None, None), Outcome::OtherFailure);
-        let e = br#"{"resource":{"type":"cloud_scheduler_job","labels":{"project_id":"p","location":"l","job_id":"j"}},
+        let e = br#"{"resource":{"type":"cloud_scheduler_job","labels":{"project_id":"acme-prod","location":"us-east1","job_id":"j"}},
             "timestamp":"2026-01-01T00:00:00Z","jsonPayload":{"@type":"x.AttemptFinished",
             "debugInfo":"URL_ERROR-ERROR_AUTHENTICATION. Original HTTP response code number = 401"}}"#;
         let a = one(e).unwrap();
@@ -677,7 +706,7 @@ mod tests {
         ] {
             let a = one(&fixture(name)).unwrap();
             assert_eq!(a.outcome, Outcome::Unauthenticated, "{name}");
-            assert_eq!(a.job.job_id, "nightly-etl-trigger");
+            assert_eq!(a.job.job_id(), "nightly-etl-trigger");
         }
         let direct = one(&fixture("logs/attempt_finished_401_oidc_run_job.json")).unwrap();
         let pushed = one(&fixture("pubsub/push_envelope_401.json")).unwrap();
@@ -689,7 +718,7 @@ mod tests {
 
     #[test]
     fn accepts_a_status_sent_as_a_string_and_unknown_fields() {
-        let e = br#"{"resource":{"type":"cloud_scheduler_job","labels":{"project_id":"p","location":"l","job_id":"j","extra":"x"}},
+        let e = br#"{"resource":{"type":"cloud_scheduler_job","labels":{"project_id":"acme-prod","location":"us-east1","job_id":"j","extra":"x"}},
             "timestamp":"2026-01-01T00:00:00.5+01:00","future":{"a":[1,2]},"httpRequest":{"status":"403","latency":"1s"},
             "jsonPayload":{"@type":"x.AttemptFinished","new":true}}"#;
         let a = one(e).unwrap();
@@ -707,9 +736,9 @@ mod tests {
             (b"\"a string\"", SkipReason::NotAnObject),
             (b"{}", SkipReason::NotSchedulerEntry),
             (br#"{"resource":{"type":"gce_instance","labels":{}},"timestamp":"2026-01-01T00:00:00Z"}"#, SkipReason::NotSchedulerEntry),
-            (br#"{"resource":{"type":"cloud_scheduler_job","labels":{"project_id":"p","location":"l"}},"timestamp":"2026-01-01T00:00:00Z"}"#, SkipReason::MissingJobLabels),
+            (br#"{"resource":{"type":"cloud_scheduler_job","labels":{"project_id":"acme-prod","location":"us-east1"}},"timestamp":"2026-01-01T00:00:00Z"}"#, SkipReason::MissingJobLabels),
             (br#"{"resource":{"type":"cloud_scheduler_job"},"timestamp":"2026-01-01T00:00:00Z"}"#, SkipReason::MissingJobLabels),
-            (br#"{"resource":{"type":"cloud_scheduler_job","labels":{"project_id":"p","location":"l","job_id":"j"}},"timestamp":"yesterday"}"#, SkipReason::BadTimestamp),
+            (br#"{"resource":{"type":"cloud_scheduler_job","labels":{"project_id":"acme-prod","location":"us-east1","job_id":"j"}},"timestamp":"yesterday"}"#, SkipReason::BadTimestamp),
             (br#"{"resource":{"type":"cloud_scheduler_job","labels":"p/l/j"},"timestamp":"2026-01-01T00:00:00Z"}"#, SkipReason::MalformedEntry),
             (br#"{"message":{"data":"not base64!"}}"#, SkipReason::BadPubsubMessage),
         ];
@@ -768,17 +797,190 @@ mod tests {
 
     #[test]
     fn dedup_key_separates_its_parts() {
+        let key = |l, i, t| dedup_key(l, i, t, &[]);
         assert_ne!(
-            dedup_key(Some("ab"), Some("c"), "t"),
-            dedup_key(Some("a"), Some("bc"), "t")
+            key(Some("ab"), Some("c"), "t"),
+            key(Some("a"), Some("bc"), "t")
         );
-        assert_ne!(
-            dedup_key(None, Some("x"), "t"),
-            dedup_key(Some("x"), None, "t")
-        );
+        assert_ne!(key(None, Some("x"), "t"), key(Some("x"), None, "t"));
         assert_eq!(
-            dedup_key(Some("l"), Some("i"), "t"),
-            dedup_key(Some("l"), Some("i"), "t")
+            key(Some("l"), Some("i"), "t"),
+            key(Some("l"), Some("i"), "t")
         );
+        // With both ids, the content is not part of the key (it was not before either).
+        assert_eq!(
+            dedup_key(Some("l"), Some("i"), "t", &[Some("a")]),
+            dedup_key(Some("l"), Some("i"), "t", &[Some("b")])
+        );
+    }
+
+    /// An entry with the given labels (raw JSON strings) and a 401.
+    fn labelled(project: &str, location: &str, job_id: &str) -> String {
+        serde_json::json!({
+            "insertId": "i1",
+            "logName": "projects/acme-prod/logs/cloudscheduler.googleapis.com%2Fexecutions",
+            "resource": {"type": "cloud_scheduler_job",
+                "labels": {"project_id": project, "location": location, "job_id": job_id}},
+            "timestamp": "2026-01-01T00:00:00Z",
+            "jsonPayload": {"@type": "x.AttemptFinished", "status": "UNAUTHENTICATED"},
+        })
+        .to_string()
+    }
+
+    fn labels_pass(project: &str, location: &str, job_id: &str) -> bool {
+        match one(labelled(project, location, job_id).as_bytes()) {
+            Ok(a) => {
+                assert_eq!(
+                    (a.job.project(), a.job.location(), a.job.job_id()),
+                    (project, location, job_id)
+                );
+                true
+            }
+            Err(SkipReason::MalformedEntry) => false,
+            Err(other) => panic!("{project:?} {location:?} {job_id:?}: {other}"),
+        }
+    }
+
+    #[test]
+    fn job_ids_follow_cloud_schedulers_grammar() {
+        let ok = |j: &str| labels_pass("acme-prod", "us-east1", j);
+        for good in [
+            "j",
+            "nightly-etl_trigger-2",
+            "UPPER_lower-09",
+            "-leading-hyphen",
+            "--impersonate-service-account",
+            "_",
+            &"a".repeat(500),
+        ] {
+            assert!(ok(good), "{good:?} is a valid job id");
+        }
+        for bad in [
+            &"a".repeat(501),
+            "..",
+            "a/../b",
+            r"\..\",
+            "a.b",
+            "a b",
+            "a\nb",
+            "x\n# forged",
+            "\u{1b}[31mred",
+            "a;rm -rf /",
+            "a'b",
+            "a$(id)",
+            "ä",
+            "a\u{202e}b",
+            "--impersonate-service-account=evil@x.iam.gserviceaccount.com",
+        ] {
+            assert!(!ok(bad), "{bad:?} is not a job id");
+        }
+        for c in [
+            '\n', '\r', '\u{1b}', '\u{0}', '\t', '\u{85}', '\u{202e}', '\u{7f}',
+        ] {
+            assert!(!ok(&format!("job{c}x")), "{c:?} in a job id");
+        }
+    }
+
+    #[test]
+    fn locations_follow_cloud_schedulers_grammar() {
+        let ok = |l: &str| labels_pass("acme-prod", l, "j");
+        for good in [
+            "us-east1",
+            "europe-west1",
+            "global",
+            "a",
+            &format!("a{}", "b".repeat(62)),
+        ] {
+            assert!(ok(good), "{good:?} is a valid location");
+        }
+        for bad in [
+            "..",
+            ".",
+            "US-EAST1",
+            "us_east1",
+            "us-east1/..",
+            "1us",
+            "-us",
+            "us-",
+            "us east1",
+            "us-east1\n",
+            &format!("a{}", "b".repeat(63)),
+        ] {
+            assert!(!ok(bad), "{bad:?} is not a location");
+        }
+    }
+
+    #[test]
+    fn project_ids_follow_googles_grammar() {
+        let ok = |p: &str| labels_pass(p, "us-east1", "j");
+        for good in [
+            "acme-data-prod",
+            "abcdef",
+            &format!("a{}", "b".repeat(29)),
+            "a12345",
+            "example.com:acme-prod",
+            "google.com:my-project",
+            "sub.example.co.uk:proj-1x",
+        ] {
+            assert!(ok(good), "{good:?} is a valid project id");
+        }
+        for bad in [
+            "p",
+            "abcde",
+            &format!("a{}", "b".repeat(30)),
+            "1acme-prod",
+            "-acme-prod",
+            "acme-prod-",
+            "Acme-Prod",
+            "acme_prod",
+            "acme.prod",
+            "..",
+            "acme-prod/../x",
+            ":acme-prod",
+            "example.com:",
+            "example:acme-prod",
+            "example.com:a",
+            "exa mple.com:acme-prod",
+            "-example.com:acme-prod",
+            "example.com:acme-prod:x",
+            "acme-prod\n",
+        ] {
+            assert!(!ok(bad), "{bad:?} is not a project id");
+        }
+    }
+
+    #[test]
+    fn entries_without_ids_are_duplicates_only_of_themselves() {
+        // Three jobs fail at the same instant; none of the entries has insertId or logName.
+        let entry = |job: &str, status: &str| {
+            serde_json::json!({
+                "resource": {"type": "cloud_scheduler_job",
+                    "labels": {"project_id": "acme-prod", "location": "us-east1", "job_id": job}},
+                "timestamp": "2026-01-01T00:00:00Z",
+                "jsonPayload": {"@type": "x.AttemptFinished", "status": status},
+            })
+            .to_string()
+        };
+        let keys: Vec<u128> = ["a", "b", "c"]
+            .iter()
+            .map(|j| {
+                one(entry(j, "UNAUTHENTICATED").as_bytes())
+                    .unwrap()
+                    .dedup_key
+            })
+            .collect();
+        assert!(keys[0] != keys[1] && keys[1] != keys[2] && keys[0] != keys[2]);
+        // The same job, another outcome at the same instant: another entry.
+        assert_ne!(
+            one(entry("a", "PERMISSION_DENIED").as_bytes())
+                .unwrap()
+                .dedup_key,
+            keys[0]
+        );
+        // The same entry twice, even re-serialised with other spacing, is one.
+        let again: serde_json::Value =
+            serde_json::from_str(&entry("a", "UNAUTHENTICATED")).unwrap();
+        let pretty = serde_json::to_string_pretty(&again).unwrap();
+        assert_eq!(one(pretty.as_bytes()).unwrap().dedup_key, keys[0]);
     }
 }

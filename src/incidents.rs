@@ -389,7 +389,7 @@ mod tests {
     }
 
     fn job() -> JobKey {
-        JobKey::new("p", "l", "j")
+        JobKey::new("acme-prod", "us-east1", "j").unwrap()
     }
 
     fn diag(code: Code) -> Arc<Diagnosis> {

@@ -61,36 +61,128 @@ use serde::{Deserialize, Serialize};
 
 /// A Cloud Scheduler job: `(project, location, job_id)`, as the log's resource labels and the
 /// Job resource's name both give it.
+///
+/// Always valid: every constructor checks Cloud Scheduler's own grammar ([`JobKey::new`]), so
+/// a key can go into a fix, a log line, a message or an API path (`projects/P/locations/L/
+/// jobs/J`) as it is. A label from a log entry or a job config that breaks the grammar never
+/// becomes a key.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "RawJobKey")]
 pub struct JobKey {
-    /// `resource.labels.project_id`.
-    pub project: String,
-    /// `resource.labels.location`.
-    pub location: String,
-    /// `resource.labels.job_id`.
-    pub job_id: String,
+    project: String,
+    location: String,
+    job_id: String,
+}
+
+/// The stored shape of a [`JobKey`], checked on the way in.
+#[derive(Deserialize)]
+struct RawJobKey {
+    project: String,
+    location: String,
+    job_id: String,
+}
+
+impl TryFrom<RawJobKey> for JobKey {
+    type Error = BadJobLabel;
+    fn try_from(raw: RawJobKey) -> Result<Self, BadJobLabel> {
+        JobKey::new(&raw.project, &raw.location, &raw.job_id)
+    }
+}
+
+/// The longest job id Cloud Scheduler accepts.
+pub const MAX_JOB_ID: usize = 500;
+/// The longest location: locations are DNS labels (they appear in host names such as
+/// `us-east1-run.googleapis.com`), and RFC 1035 caps a label at 63 characters. The longest real
+/// one today is about 25.
+pub const MAX_LOCATION: usize = 63;
+/// A project id is 6 to 30 characters (Google's rule for project ids).
+const PROJECT_ID_LEN: std::ops::RangeInclusive<usize> = 6..=30;
+/// The longest domain of a domain-scoped project (`example.com:proj`): a DNS name.
+const MAX_PROJECT_DOMAIN: usize = 253;
+
+/// Which part of a job breaks Cloud Scheduler's grammar. Names the part and the rule, never the
+/// value (it is untrusted, and may be anything).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum BadJobLabel {
+    /// Not a project id: 6–30 lower-case letters, digits and hyphens, starting with a letter and
+    /// not ending with a hyphen, optionally after `DOMAIN:`.
+    #[error("the project id is not 6-30 lower-case letters, digits or hyphens starting with a letter (optionally after \"example.com:\")")]
+    Project,
+    /// Not a location: 1–63 lower-case letters, digits and hyphens, starting with a letter.
+    #[error(
+        "the location is not 1-63 lower-case letters, digits or hyphens starting with a letter"
+    )]
+    Location,
+    /// Not a job id: 1–500 letters, digits, hyphens and underscores.
+    #[error("the job id is not 1-500 letters, digits, hyphens or underscores")]
+    JobId,
 }
 
 impl JobKey {
-    /// A key from its parts.
-    pub fn new(project: &str, location: &str, job_id: &str) -> Self {
-        JobKey {
+    /// A key from its parts, each checked against Cloud Scheduler's grammar:
+    ///
+    /// - project: a Google project id, 6–30 lower-case letters, digits and hyphens, starting
+    ///   with a letter and not ending with a hyphen; a domain-scoped one (`example.com:proj`)
+    ///   puts a lower-case DNS name and `:` before it;
+    /// - location: 1–[`MAX_LOCATION`] lower-case letters, digits and hyphens, starting with a
+    ///   letter and not ending with a hyphen (a DNS label, as every Google location is);
+    /// - job id: 1–[`MAX_JOB_ID`] ASCII letters, digits, hyphens and underscores. It may start
+    ///   with `-`, which is why fixes never put it where a flag could be.
+    pub fn new(project: &str, location: &str, job_id: &str) -> Result<Self, BadJobLabel> {
+        if !is_project_id(project) {
+            return Err(BadJobLabel::Project);
+        }
+        if !is_location(location) {
+            return Err(BadJobLabel::Location);
+        }
+        if !is_job_id(job_id) {
+            return Err(BadJobLabel::JobId);
+        }
+        Ok(JobKey {
             project: project.into(),
             location: location.into(),
             job_id: job_id.into(),
+        })
+    }
+
+    /// Reads `projects/P/locations/L/jobs/J`, each part checked as [`JobKey::new`] does.
+    pub fn from_name(name: &str) -> Result<JobKey, BadJobName> {
+        let mut parts = name.split('/');
+        match (
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+        ) {
+            (
+                Some("projects"),
+                Some(p),
+                Some("locations"),
+                Some(l),
+                Some("jobs"),
+                Some(j),
+                None,
+            ) => JobKey::new(p, l, j).map_err(BadJobName::Label),
+            _ => Err(BadJobName::Shape),
         }
     }
 
-    /// Reads `projects/P/locations/L/jobs/J`.
-    pub fn from_name(name: &str) -> Option<JobKey> {
-        match name.split('/').collect::<Vec<_>>().as_slice() {
-            ["projects", p, "locations", l, "jobs", j]
-                if !p.is_empty() && !l.is_empty() && !j.is_empty() =>
-            {
-                Some(JobKey::new(p, l, j))
-            }
-            _ => None,
-        }
+    /// `resource.labels.project_id`.
+    pub fn project(&self) -> &str {
+        &self.project
+    }
+
+    /// `resource.labels.location`.
+    pub fn location(&self) -> &str {
+        &self.location
+    }
+
+    /// `resource.labels.job_id`.
+    pub fn job_id(&self) -> &str {
+        &self.job_id
     }
 
     /// `projects/P/locations/L/jobs/J`.
@@ -100,6 +192,58 @@ impl JobKey {
             self.project, self.location, self.job_id
         )
     }
+}
+
+/// Why a job's `name` is not a [`JobKey`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum BadJobName {
+    /// Not of the shape `projects/P/locations/L/jobs/J`.
+    #[error("it is not projects/PROJECT/locations/LOCATION/jobs/JOB")]
+    Shape,
+    /// The shape is right, a part is not.
+    #[error("{0}")]
+    Label(BadJobLabel),
+}
+
+/// A DNS label: lower-case letters, digits and hyphens, starting with a letter, not ending with
+/// a hyphen, within `len`.
+fn is_label(s: &str, len: std::ops::RangeInclusive<usize>) -> bool {
+    len.contains(&s.len())
+        && s.starts_with(|c: char| c.is_ascii_lowercase())
+        && !s.ends_with('-')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+/// A Google project id, plain (`acme-data-prod`) or domain-scoped (`example.com:acme`).
+pub fn is_project_id(s: &str) -> bool {
+    match s.split_once(':') {
+        None => is_label(s, PROJECT_ID_LEN),
+        Some((domain, id)) => {
+            domain.len() <= MAX_PROJECT_DOMAIN
+                && domain.contains('.')
+                && domain.split('.').all(|l| {
+                    (1..=63).contains(&l.len())
+                        && !l.starts_with('-')
+                        && !l.ends_with('-')
+                        && l.bytes()
+                            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                })
+                && is_label(id, PROJECT_ID_LEN)
+        }
+    }
+}
+
+/// A Cloud Scheduler location (`us-east1`, `europe-west1`).
+pub fn is_location(s: &str) -> bool {
+    is_label(s, 1..=MAX_LOCATION)
+}
+
+/// A Cloud Scheduler job id.
+pub fn is_job_id(s: &str) -> bool {
+    (1..=MAX_JOB_ID).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 impl fmt::Display for JobKey {

@@ -69,6 +69,7 @@ pub fn init(filter: &str, format: Option<LogFormat>) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
+        .fmt_fields(EscapedFields)
         .event_format(Switch {
             text: tracing_subscriber::fmt::format().with_target(false),
         })
@@ -103,6 +104,70 @@ where
         } else {
             self.text.format_event(ctx, writer, event)
         }
+    }
+}
+
+/// The text format's fields: the message, then `name=value` for each other field, every
+/// control and bidi character escaped ([`schedwatch_sinks::escape`]). A value from a log entry,
+/// a job config or a receiver's answer cannot start a forged log line nor drive the terminal.
+/// (tracing-subscriber's own fields escape ESC in messages only: not CR and LF, and not a
+/// field written with `%`.)
+pub struct EscapedFields;
+
+impl<'w> FormatFields<'w> for EscapedFields {
+    fn format_fields<R: tracing_subscriber::field::RecordFields>(
+        &self,
+        writer: Writer<'w>,
+        fields: R,
+    ) -> fmt::Result {
+        let mut visitor = EscapingVisitor {
+            writer,
+            first: true,
+            result: Ok(()),
+        };
+        fields.record(&mut visitor);
+        visitor.result
+    }
+}
+
+struct EscapingVisitor<'w> {
+    writer: Writer<'w>,
+    first: bool,
+    result: fmt::Result,
+}
+
+impl EscapingVisitor<'_> {
+    fn write(&mut self, field: &Field, value: &str) {
+        if self.result.is_err() {
+            return;
+        }
+        let value = schedwatch_sinks::escape::line(value);
+        let sep = if self.first { "" } else { " " };
+        self.first = false;
+        self.result = match field.name() {
+            "message" => write!(self.writer, "{sep}{value}"),
+            name => write!(
+                self.writer,
+                "{sep}{}={value}",
+                name.strip_prefix("r#").unwrap_or(name)
+            ),
+        };
+    }
+}
+
+impl Visit for EscapingVisitor<'_> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == "message" {
+            self.write(field, value)
+        } else {
+            self.write(field, &format!("{value:?}"))
+        }
+    }
+    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
+        self.write(field, &value.to_string())
+    }
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        self.write(field, &format!("{value:?}"))
     }
 }
 
@@ -168,5 +233,69 @@ impl Visit for JsonFields {
     }
     fn record_f64(&mut self, field: &Field, value: f64) {
         self.0.insert(field.name().into(), value.into());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    /// A writer into a shared buffer.
+    #[derive(Clone, Default)]
+    struct Buf(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Buf {
+        type Writer = Buf;
+        fn make_writer(&'a self) -> Buf {
+            self.clone()
+        }
+    }
+
+    #[test]
+    fn text_logs_escape_what_an_entry_or_a_config_can_carry() {
+        let buf = Buf::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(buf.clone())
+            .with_ansi(false)
+            .fmt_fields(EscapedFields)
+            .event_format(Switch {
+                text: tracing_subscriber::fmt::format().with_target(false),
+            })
+            .finish();
+        let evil = "https://x.example/\x1b]0;pwned\x07\n2026-01-01T00:00:00Z ERROR forged\r\u{202e}\u{9b}2J";
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::warn!(url = %evil, debug_info = evil, "bad target {evil}");
+            tracing::info_span!("lookup", job = %evil).in_scope(|| tracing::info!("in a span"));
+        });
+        let out = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(out.matches('\n').count(), 2, "one line per event:\n{out}");
+        let unsafe_chars: Vec<char> = out
+            .trim_end()
+            .chars()
+            .filter(|&c| c != '\n' && schedwatch_sinks::escape::is_unsafe(c))
+            .collect();
+        assert!(unsafe_chars.is_empty(), "{unsafe_chars:?} in\n{out}");
+        assert!(!out
+            .lines()
+            .any(|l| l.starts_with("2026-01-01T00:00:00Z ERROR")));
+        for shown in [
+            r"bad target https://x.example/\x1b]0;pwned\x07\n2026-01-01T00:00:00Z ERROR forged\r\u{202e}\u{9b}2J",
+            r"url=https://x.example/\x1b]0;pwned\x07\n",
+            r"debug_info=",
+            r"lookup{job=https://x.example/\x1b]0;pwned",
+        ] {
+            assert!(out.contains(shown), "{shown} not in\n{out}");
+        }
     }
 }

@@ -18,9 +18,10 @@
 //! ```
 //!
 //! Everything in the message that comes from logs (job ids, URLs, summaries) is untrusted: the
-//! subject is cut to one line with every control character removed, so a job id like
-//! `"x\r\nBcc: evil@example.com"` cannot add a header or a recipient; the HTML part escapes
-//! every value; the plain-text part keeps only newlines and tabs.
+//! subject and every value are kept on one line with each control or invisible character shown
+//! as an escape ([`crate::escape`]), so a job id like `"x\r\nBcc: evil@example.com"` can add
+//! neither a header nor a recipient nor a line of the body; the HTML part also escapes every
+//! value; the fixes and the diagnosis's words keep their own line breaks and nothing else.
 //!
 //! Delivery outcomes: 4xx replies, refused connections, TLS handshakes and timeouts are
 //! [`DeliveryError::Retryable`]; 5xx replies (550 mailbox unavailable, 553, 535 bad credentials)
@@ -745,43 +746,20 @@ fn when(t: DateTime<Utc>) -> String {
     t.format("%Y-%m-%d %H:%M:%S UTC").to_string()
 }
 
-/// Characters that are not control characters but can still reorder or hide text (bidi
-/// overrides, zero-width characters, line separators): dropped from everything we render.
-fn is_invisible(c: char) -> bool {
-    matches!(c,
-        '\u{200B}'..='\u{200F}' | '\u{2028}' | '\u{2029}' | '\u{202A}'..='\u{202E}'
-        | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}')
-}
-
-/// One line for a header or a table cell: every control character (CR, LF, tab, ESC, NEL…)
-/// becomes a space, runs of whitespace become one space, invisible characters go.
+/// One line for a header, a table cell or a paragraph: control and invisible characters
+/// (CR, LF, ESC, NEL, bidi overrides…) as visible escapes ([`crate::escape::line`]), runs of
+/// other whitespace as one space, trimmed.
 fn one_line(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut space = false;
-    for c in s.chars() {
-        if is_invisible(c) {
-            continue;
-        }
-        if c.is_control() || c.is_whitespace() {
-            space = true;
-            continue;
-        }
-        if space && !out.is_empty() {
-            out.push(' ');
-        }
-        space = false;
-        out.push(c);
-    }
-    out
+    crate::escape::line(s)
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
-/// Text for a body: CRLF and CR become LF; tabs and newlines stay; other control and invisible
-/// characters go.
+/// A multi-line text (a fix, the diagnosis's words) for a body: its line feeds stay, every
+/// other control or invisible character is a visible escape ([`crate::escape::lines`]).
 fn multi_line(s: &str) -> String {
-    let s = s.replace("\r\n", "\n").replace('\r', "\n");
-    s.chars()
-        .filter(|&c| (c == '\n' || c == '\t' || !c.is_control()) && !is_invisible(c))
-        .collect()
+    crate::escape::lines(s).into_owned()
 }
 
 /// Only the characters that are safe anywhere in a header (for `References`).
@@ -953,11 +931,14 @@ mod tests {
     fn one_line_strips_every_way_to_a_new_header() {
         assert_eq!(
             one_line("a\r\nBcc: evil@example.com"),
-            "a Bcc: evil@example.com"
+            r"a\r\nBcc: evil@example.com"
         );
-        assert_eq!(one_line("a\u{85}b\u{2028}c\u{202E}d\x1b[31m"), "a bcd [31m");
-        assert_eq!(one_line("  x \t y  "), "x y");
-        assert_eq!(multi_line("a\r\nb\rc\x07\td"), "a\nb\nc\td");
+        assert_eq!(
+            one_line("a\u{85}b\u{2028}c\u{202E}d\x1b[31m"),
+            r"a\u{85}b\u{2028}c\u{202e}d\x1b[31m"
+        );
+        assert_eq!(one_line("  x   y  "), "x y");
+        assert_eq!(multi_line("a\r\nb\rc\x07\td"), "a\\r\nb\\rc\\x07\\td");
         assert_eq!(
             esc(r#"<a href="x">'&'</a>"#),
             "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;"

@@ -7,6 +7,8 @@
 //! - [`alert`]: [`Alert`], the `schedwatch.alert.v1` event, and its parts.
 //! - [`stdout`]: the NDJSON sink (`--format json`), one event per line.
 //! - [`delivery`]: the [`Sink`] interface and what a delivery attempt ends in.
+//! - [`escape`]: untrusted text made safe to show a person (controls and bidi characters
+//!   escaped), for every human-facing rendering.
 //! - [`secret`]: secrets from env or files, never printed.
 //! - [`redact`]: every form of a sink's secrets, removed from what its receiver answers.
 //! - [`slack`], [`webhook`], [`pagerduty`]: the HTTP sinks.
@@ -16,6 +18,7 @@
 pub mod alert;
 pub mod delivery;
 pub mod email;
+pub mod escape;
 pub mod pagerduty;
 pub mod redact;
 pub mod secret;

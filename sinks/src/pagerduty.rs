@@ -5,7 +5,8 @@
 //! - `payload`: `summary` (job and cause, at most 1,024 characters), `source` (the job name),
 //!   `severity` ([`severity`]), `component` (the project), `group` (the location), `class` (the
 //!   diagnosis code), `timestamp` (the latest failure) and `custom_details` (the whole alert,
-//!   fix included);
+//!   fix included); what people read there has its control and bidi characters escaped
+//!   ([`crate::escape`]);
 //! - `links`: the runbook.
 //!
 //! PagerDuty answers 202; a 400 (an event it cannot take) is permanent, a 429 or 5xx is retried.
@@ -31,6 +32,7 @@ use serde_json::{json, Value};
 use crate::delivery::{
     default_timeout, deserialize_timeout, http_client, is_http_url, post, BoxFuture,
 };
+use crate::escape::line;
 use crate::redact::Redactor;
 use crate::secret::SecretError;
 use crate::{Alert, DeliveryError, EventKind, Secret, SecretRef, Sink};
@@ -176,8 +178,9 @@ pub fn summary(alert: &Alert) -> String {
         "{}/{}/{}: {} — {}",
         j.project, j.location, j.id, alert.diagnosis.code, alert.diagnosis.summary
     );
+    let text = crate::escape::line(&text);
     if text.chars().count() <= MAX_SUMMARY {
-        return text;
+        return text.into_owned();
     }
     let mut cut: String = text.chars().take(MAX_SUMMARY - 1).collect();
     cut.push('…');
@@ -196,20 +199,47 @@ pub fn render(alert: &Alert, severity_by_code: &BTreeMap<String, Severity>) -> V
         "client": "schedwatch",
         "payload": {
             "summary": summary(alert),
-            "source": alert.job.name,
+            "source": line(&alert.job.name),
             "severity": severity(alert, severity_by_code),
             "timestamp": alert.failure.last_at.to_rfc3339_opts(SecondsFormat::AutoSi, true),
-            "component": alert.job.project,
-            "group": alert.job.location,
-            "class": alert.diagnosis.code,
-            "custom_details": alert,
+            "component": line(&alert.job.project),
+            "group": line(&alert.job.location),
+            "class": line(&alert.diagnosis.code),
+            "custom_details": custom_details(alert),
         },
     });
     if is_http_url(&alert.runbook_url) {
         event["links"] = json!([{
             "href": alert.runbook_url,
-            "text": format!("Runbook: {}", alert.diagnosis.code),
+            "text": format!("Runbook: {}", line(&alert.diagnosis.code)),
         }]);
     }
     event
+}
+
+/// The whole alert as PagerDuty shows it to people (`custom_details`): every string with its
+/// control and invisible characters escaped ([`crate::escape`]); the fixes and the diagnosis's
+/// detail keep their line breaks.
+fn custom_details(alert: &Alert) -> Value {
+    fn shown(v: &mut Value, multi_line: bool) {
+        match v {
+            Value::String(s) if s.contains(crate::escape::is_unsafe) => {
+                *s = if multi_line {
+                    crate::escape::lines(s).into_owned()
+                } else {
+                    crate::escape::line(s).into_owned()
+                };
+            }
+            Value::Array(items) => items.iter_mut().for_each(|v| shown(v, multi_line)),
+            Value::Object(fields) => {
+                for (k, v) in fields.iter_mut() {
+                    shown(v, multi_line || k == "fix" || k == "detail");
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut details = serde_json::to_value(alert).unwrap_or_default();
+    shown(&mut details, false);
+    details
 }

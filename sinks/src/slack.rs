@@ -14,7 +14,8 @@
 //! It stays within Slack's limits (50 blocks, 3,000 characters a section text, 2,000 a field,
 //! 150 a header): a fix too long for its block is cut at a line end and says so. Text from the
 //! logs and the job config is escaped (`&`, `<`, `>`), so it can neither mention `@channel` nor
-//! forge a link.
+//! forge a link, and its control and bidi characters are shown as escapes
+//! ([`crate::escape`]), so it cannot add lines or reorder what people read.
 //!
 //! Slack accepts about one message per second per webhook: the sink waits before a send that
 //! would come sooner than [`MIN_INTERVAL`] after the previous one to the same webhook, or sooner
@@ -214,7 +215,8 @@ pub fn header_text(alert: &Alert) -> String {
     let (emoji, word) = state(alert.event);
     let text = format!(
         "{emoji} {word}: {} — {}",
-        alert.job.id, alert.diagnosis.code
+        crate::escape::line(&alert.job.id),
+        crate::escape::line(&alert.diagnosis.code)
     );
     cut_plain(&text, MAX_HEADER_TEXT)
 }
@@ -236,8 +238,20 @@ pub fn fallback_text(alert: &Alert) -> String {
     fit(&escape(&line), MAX_SECTION_TEXT)
 }
 
-/// Escapes Slack's mrkdwn control characters: `&`, `<` and `>`.
+/// One line of untrusted text for mrkdwn: control and bidi characters as visible escapes
+/// ([`crate::escape::line`]), and Slack's mrkdwn control characters `&`, `<` and `>` escaped.
 pub fn escape(text: &str) -> String {
+    mrkdwn(&crate::escape::line(text))
+}
+
+/// Untrusted text whose line breaks stay (the diagnosis's detail), for mrkdwn: as [`escape`],
+/// but line feeds are kept.
+fn escape_lines(text: &str) -> String {
+    mrkdwn(&crate::escape::lines(text))
+}
+
+/// Escapes Slack's mrkdwn control characters: `&`, `<` and `>`.
+fn mrkdwn(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         match c {
@@ -276,7 +290,11 @@ fn blocks(alert: &Alert) -> Vec<Value> {
             format!("*Last failure*\n{}", time(alert.failure.last_at)),
         ]));
     } else {
-        let text = format!("*{}*\n{}\n{cause}", escape(&d.summary), escape(&d.detail));
+        let text = format!(
+            "*{}*\n{}\n{cause}",
+            escape(&d.summary),
+            escape_lines(&d.detail)
+        );
         blocks.push(section(&text));
         blocks.push(fields(&[
             job_field(alert),
@@ -387,7 +405,7 @@ fn runbook_line(alert: &Alert) -> String {
 /// last whole line that fits, the block closed, and [`TRUNCATION_NOTE`] added.
 fn code_section(title: &str, fix: &str) -> String {
     // A ``` inside the fix would close the block early; a zero-width space keeps it shut.
-    let body = escape(fix.trim_end()).replace("```", "`\u{200B}``");
+    let body = escape_lines(fix.trim_end()).replace("```", "`\u{200B}``");
     let open = format!("*{title}*\n```\n");
     let close = "\n```";
     let whole = format!("{open}{body}{close}");

@@ -500,8 +500,7 @@ async fn a_job_id_with_crlf_cannot_add_a_header_or_a_recipient() {
     );
     assert_eq!(
         subject,
-        "[schedwatch] FIRING commit-worker Bcc: evil@example.com (acme Cc: evil2@example.com): \
-         oidc-token-for-google-api fake body"
+        r"[schedwatch] FIRING commit-worker\r\nBcc: evil@example.com (acme\nCc: evil2@example.com): oidc-token-for-google-api\r\n\r\nfake body"
     );
     assert_eq!(
         m.header("References"),

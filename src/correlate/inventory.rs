@@ -167,7 +167,7 @@ mod tests {
     #[test]
     fn reads_one_job_an_array_and_a_list_response() {
         let dir = tempfile::tempdir().unwrap();
-        let job = |id: &str| serde_json::json!({"name": format!("projects/p/locations/l/jobs/{id}"), "httpTarget": {"uri": "https://x.a.run.app"}});
+        let job = |id: &str| serde_json::json!({"name": format!("projects/acme-prod/locations/us-east1/jobs/{id}"), "httpTarget": {"uri": "https://x.a.run.app"}});
         std::fs::write(dir.path().join("a.json"), job("one").to_string()).unwrap();
         std::fs::write(
             dir.path().join("b.json"),
@@ -183,19 +183,46 @@ mod tests {
         std::fs::write(dir.path().join("notes.txt"), "not json, not read").unwrap();
         let inv = Inventory::load(dir.path()).unwrap();
         assert_eq!(inv.len(), 4);
-        assert!(inv.get(&JobKey::new("p", "l", "four")).is_some());
+        assert!(inv
+            .get(&JobKey::new("acme-prod", "us-east1", "four").unwrap())
+            .is_some());
         let list = Inventory::load(Path::new(concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/../shared/fixtures/jobs/list_response.json"
         )))
         .unwrap();
         assert!(list
-            .get(&JobKey::new(
-                "acme-data-prod",
-                "europe-west1",
-                "nightly-etl-trigger"
-            ))
+            .get(&JobKey::new("acme-data-prod", "europe-west1", "nightly-etl-trigger").unwrap())
             .is_some());
+    }
+
+    #[test]
+    fn a_job_whose_name_breaks_the_grammar_is_left_out() {
+        let mut inv = Inventory::default();
+        let job = |name: &str| serde_json::json!({"name": name, "httpTarget": {"uri": "https://x.a.run.app"}});
+        inv.add_document(
+            serde_json::json!([
+                job("projects/acme-prod/locations/us-east1/jobs/fine"),
+                job("projects/acme-prod/locations/../jobs/x"),
+                job("projects/acme-prod/locations/us-east1/jobs/x\n# forged"),
+                job("projects/acme-prod/locations/us-east1/jobs/a/../b"),
+                job("projects/p/locations/us-east1/jobs/x"),
+                job(&format!(
+                    "projects/acme-prod/locations/us-east1/jobs/{}",
+                    "j".repeat(501)
+                )),
+            ]),
+            "test",
+        );
+        assert_eq!(inv.len(), 1);
+        let err = JobConfig::from_value(job(&format!(
+            "projects/acme-prod/locations/us-east1/jobs/x\u{1b}]{}",
+            "j".repeat(10_000)
+        )))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("job id") && err.len() < 600, "{err}");
+        assert!(!err.contains('\u{1b}'), "{err}");
     }
 
     #[test]

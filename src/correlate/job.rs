@@ -94,12 +94,22 @@ impl Token {
     }
 }
 
+/// How much of a bad job name an error shows: enough to find it in the file (real names are
+/// under 600 characters), not a whole hostile document.
+pub const NAME_SHOWN: usize = 120;
+
 /// Why a document is not a Job.
 #[derive(Debug, thiserror::Error)]
 pub enum JobError {
-    /// `name` missing or not `projects/P/locations/L/jobs/J`.
-    #[error("the job's \"name\" is {0:?}, not projects/PROJECT/locations/LOCATION/jobs/JOB")]
-    BadName(String),
+    /// `name` missing, not `projects/P/locations/L/jobs/J`, or a part of it not as Cloud
+    /// Scheduler spells it. The name is shown cut short and escaped: it is untrusted.
+    #[error("the job's \"name\" {name:?} is not a Cloud Scheduler job name: {reason}")]
+    BadName {
+        /// The first [`NAME_SHOWN`] characters of the name.
+        name: String,
+        /// What is wrong with it.
+        reason: crate::BadJobName,
+    },
     /// Not an object of the Job shape.
     #[error("not a Cloud Scheduler Job: {0}")]
     Shape(#[from] serde_json::Error),
@@ -174,8 +184,10 @@ impl JobConfig {
     }
 
     fn from_raw(raw: RawJob) -> Result<JobConfig, JobError> {
-        let key =
-            JobKey::from_name(&raw.name).ok_or_else(|| JobError::BadName(raw.name.clone()))?;
+        let key = JobKey::from_name(&raw.name).map_err(|reason| JobError::BadName {
+            name: raw.name.chars().take(NAME_SHOWN).collect(),
+            reason,
+        })?;
         let target = if let Some(t) = raw.http_target {
             let token = match (
                 t.oidc_token.filter(RawToken::is_set),
@@ -285,7 +297,7 @@ mod tests {
             .to_string()
             .contains("projects/PROJECT/locations/LOCATION/jobs/JOB"));
         let j = JobConfig::from_value(serde_json::json!({
-            "name": "projects/p/locations/l/jobs/j",
+            "name": "projects/acme-prod/locations/us-east1/jobs/j",
             "httpTarget": {"uri": "https://x.a.run.app/", "oidcToken": {}}
         }))
         .unwrap();

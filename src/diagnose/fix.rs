@@ -11,6 +11,7 @@ use super::target::{self, Invoked, TargetKind};
 use super::{AuthFacts, Code};
 use crate::correlate::JobConfig;
 use crate::JobKey;
+use schedwatch_sinks::escape;
 
 /// A fix, as the alert carries it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -91,10 +92,13 @@ pub fn render(code: Code, f: &Facts<'_>) -> Fix {
         Code::UnexplainedAuthFailure => {
             let mut gcloud = describe_job(f);
             if f.sa != SA_PLACEHOLDER {
-                gcloud.push_str(&format!(
-                    "\n# Does the service account exist, and is it enabled?\ngcloud iam service-accounts describe {} --project={}",
-                    sh(&f.sa),
-                    sh(&sa_project(&f.sa).unwrap_or_else(|| f.job.project.clone()))
+                let project = sa_project(&f.sa).unwrap_or_else(|| f.job.project().to_owned());
+                gcloud.push_str("\n# Does the service account exist, and is it enabled?\n");
+                gcloud.push_str(&command(
+                    "iam service-accounts describe",
+                    &f.sa,
+                    &[flag("project", &project)],
+                    ONE_LINE,
                 ));
             }
             Fix {
@@ -115,23 +119,18 @@ enum Token {
 /// with that token.
 fn switch_token(f: &Facts<'_>, token: Token) -> Fix {
     let j = f.job;
-    let flags = match token {
-        Token::OAuth => format!(
-            "--oauth-service-account-email={} \\\n  --oauth-token-scope={CLOUD_PLATFORM}",
-            sh(&f.sa)
-        ),
-        Token::Oidc => format!(
-            "--oidc-service-account-email={} \\\n  --oidc-token-audience={}",
-            sh(&f.sa),
-            sh(&f.audience())
-        ),
-    };
-    let gcloud = format!(
-        "gcloud scheduler jobs update http {} \\\n  --project={} \\\n  --location={} \\\n  {flags}",
-        sh(&j.job_id),
-        sh(&j.project),
-        sh(&j.location)
-    );
+    let mut flags = vec![flag("project", j.project()), flag("location", j.location())];
+    match token {
+        Token::OAuth => flags.extend([
+            flag("oauth-service-account-email", &f.sa),
+            flag("oauth-token-scope", CLOUD_PLATFORM),
+        ]),
+        Token::Oidc => flags.extend([
+            flag("oidc-service-account-email", &f.sa),
+            flag("oidc-token-audience", &f.audience()),
+        ]),
+    }
+    let gcloud = command("scheduler jobs update http", j.job_id(), &flags, LINES);
     let token_block = match token {
         Token::OAuth => format!(
             "    oauth_token {{\n      service_account_email = {}\n      scope                 = {}\n    }}\n",
@@ -158,10 +157,10 @@ fn switch_token(f: &Facts<'_>, token: Token) -> Fix {
         .unwrap_or_else(|| "Etc/UTC".into());
     let terraform = format!(
         "resource \"google_cloud_scheduler_job\" {} {{\n  project   = {}\n  region    = {}\n  name      = {}\n  schedule  = {}\n  time_zone = {}\n\n  http_target {{\n    uri         = {}\n    http_method = {}\n\n{token_block}  }}\n}}\n",
-        hcl(&tf_name(&j.job_id)),
-        hcl(&j.project),
-        hcl(&j.location),
-        hcl(&j.job_id),
+        hcl(&tf_name(j.job_id())),
+        hcl(j.project()),
+        hcl(j.location()),
+        hcl(j.job_id()),
         hcl(&schedule),
         hcl(&time_zone),
         hcl(f.uri),
@@ -177,28 +176,34 @@ fn grant_invoker(f: &Facts<'_>) -> Fix {
     if let Some(crate::correlate::Target::PubSub { topic }) = f.config.map(|c| &c.target) {
         let topic = topic
             .clone()
-            .unwrap_or_else(|| format!("projects/{}/topics/TOPIC", j.project));
+            .unwrap_or_else(|| format!("projects/{}/topics/TOPIC", j.project()));
         let agent =
             "serviceAccount:service-PROJECT_NUMBER@gcp-sa-cloudscheduler.iam.gserviceaccount.com";
         let gcloud = format!(
             "# A Pub/Sub target needs no roles/run.invoker: Cloud Scheduler publishes as its service\n\
-             # agent, which needs roles/pubsub.publisher on the topic. PROJECT_NUMBER is {}'s number.\n\
-             gcloud pubsub topics add-iam-policy-binding {} \\\n  --project={} \\\n  --member={} \\\n  --role=roles/pubsub.publisher",
-            j.project,
-            sh(&topic),
-            sh(&j.project),
-            sh(agent)
+             # agent, which needs roles/pubsub.publisher on the topic. PROJECT_NUMBER is {}'s number.\n{}",
+            sh(j.project()),
+            command(
+                "pubsub topics add-iam-policy-binding",
+                &topic,
+                &[
+                    flag("project", j.project()),
+                    flag("member", agent),
+                    flag("role", "roles/pubsub.publisher"),
+                ],
+                LINES,
+            )
         );
         let terraform = iam_member(
             "google_pubsub_topic_iam_member",
-            &j.job_id,
-            &[("project", &j.project), ("topic", &topic)],
+            j.job_id(),
+            &[("project", j.project()), ("topic", &topic)],
             "roles/pubsub.publisher",
             agent,
         );
         return Fix { gcloud, terraform };
     }
-    let location = j.location.as_str();
+    let location = j.location();
     match Invoked::of(f.uri) {
         Invoked::RunJob {
             project,
@@ -215,11 +220,18 @@ fn grant_invoker(f: &Facts<'_>) -> Fix {
                 ("roles/run.invoker", "")
             };
             let gcloud = format!(
-                "{note}gcloud run jobs add-iam-policy-binding {} \\\n  --project={} \\\n  --region={} \\\n  --member={} \\\n  --role={role}",
-                sh(&name),
-                sh(&project),
-                sh(&region),
-                sh(&member)
+                "{note}{}",
+                command(
+                    "run jobs add-iam-policy-binding",
+                    &name,
+                    &[
+                        flag("project", &project),
+                        flag("region", &region),
+                        flag("member", &member),
+                        flag("role", role),
+                    ],
+                    LINES,
+                )
             );
             let terraform = iam_member(
                 "google_cloud_run_v2_job_iam_member",
@@ -236,34 +248,50 @@ fn grant_invoker(f: &Facts<'_>) -> Fix {
         }
         Invoked::RunService { name, region } => {
             let note = if region.is_none() {
-                format!("# The URL does not name the service's region; {location} (the job's) is assumed.\n")
+                format!(
+                    "# The URL does not name the service's region; {} (the job's) is assumed.\n",
+                    sh(location)
+                )
             } else {
                 String::new()
             };
             let region = region.unwrap_or_else(|| location.to_owned());
-            run_service_grant(&note, &name, &j.project, &region, &member)
+            run_service_grant(&note, &name, j.project(), &region, &member)
         }
         Invoked::Function { region, name } => {
             let region = region.unwrap_or_else(|| location.to_owned());
+            let first_gen = command(
+                "functions add-iam-policy-binding",
+                &name,
+                &[
+                    flag("project", j.project()),
+                    flag("region", &region),
+                    flag("member", &member),
+                    flag("role", "roles/cloudfunctions.invoker"),
+                ],
+                ONE_LINE,
+            );
             let note = format!(
                 "# 2nd gen functions run as a Cloud Run service of the same name, so it takes roles/run.invoker.\n\
-                 # 1st gen instead: gcloud functions add-iam-policy-binding {name} --project={} --region={region} --member={member} --role=roles/cloudfunctions.invoker\n",
-                j.project
+                 # 1st gen instead: {first_gen}\n"
             );
-            run_service_grant(&note, &name, &j.project, &region, &member)
+            run_service_grant(&note, &name, j.project(), &region, &member)
         }
         Invoked::Unknown if f.kind == TargetKind::GoogleApi => {
             let gcloud = format!(
                 "# Grant the role the API needs to run this call, e.g. roles/run.invoker for Cloud Run,\n\
-                 # roles/workflows.invoker for Workflows, roles/cloudfunctions.invoker for Cloud Functions.\n\
-                 gcloud projects add-iam-policy-binding {} \\\n  --member={} \\\n  --role=ROLE_FOR_THE_API",
-                sh(&j.project),
-                sh(&member)
+                 # roles/workflows.invoker for Workflows, roles/cloudfunctions.invoker for Cloud Functions.\n{}",
+                command(
+                    "projects add-iam-policy-binding",
+                    j.project(),
+                    &[flag("member", &member), flag("role", "ROLE_FOR_THE_API")],
+                    LINES,
+                )
             );
             let terraform = iam_member(
                 "google_project_iam_member",
-                &j.job_id,
-                &[("project", &j.project)],
+                j.job_id(),
+                &[("project", j.project())],
                 "ROLE_FOR_THE_API",
                 &member,
             );
@@ -272,18 +300,25 @@ fn grant_invoker(f: &Facts<'_>) -> Fix {
         Invoked::Unknown => {
             let note = "# The target is not a run.app URL: if it is a Cloud Run service behind a custom domain or load\n\
                         # balancer, grant on that service (SERVICE_NAME); otherwise the target's own auth refused the caller.\n";
-            run_service_grant(note, "SERVICE_NAME", &j.project, location, &member)
+            run_service_grant(note, "SERVICE_NAME", j.project(), location, &member)
         }
     }
 }
 
 fn run_service_grant(note: &str, name: &str, project: &str, region: &str, member: &str) -> Fix {
     let gcloud = format!(
-        "{note}gcloud run services add-iam-policy-binding {} \\\n  --project={} \\\n  --region={} \\\n  --member={} \\\n  --role=roles/run.invoker",
-        sh(name),
-        sh(project),
-        sh(region),
-        sh(member)
+        "{note}{}",
+        command(
+            "run services add-iam-policy-binding",
+            name,
+            &[
+                flag("project", project),
+                flag("region", region),
+                flag("member", member),
+                flag("role", "roles/run.invoker"),
+            ],
+            LINES,
+        )
     );
     let terraform = iam_member(
         "google_cloud_run_v2_service_iam_member",
@@ -322,24 +357,64 @@ fn iam_member(
 
 fn describe_job(f: &Facts<'_>) -> String {
     let j = f.job;
+    // `./`: a job id may start with `-`, which `--jobs` would take for a flag.
+    let file = sh(&format!("./{}.json", j.job_id()));
     format!(
         "# Read the job's auth config (httpTarget.oidcToken / oauthToken); save the output as\n\
-         # {}.json and run `schedwatch audit --jobs {}.json` to name the cause.\n\
-         gcloud scheduler jobs describe {} --project={} --location={} --format=json",
-        j.job_id,
-        j.job_id,
-        sh(&j.job_id),
-        sh(&j.project),
-        sh(&j.location)
+         # {file} and run `schedwatch audit --jobs {file}` to name the cause.\n{}",
+        command(
+            "scheduler jobs describe",
+            j.job_id(),
+            &[
+                flag("project", j.project()),
+                flag("location", j.location()),
+                flag("format", "json"),
+            ],
+            ONE_LINE,
+        )
     )
 }
 
 fn import_block(j: &JobKey) -> String {
     format!(
         "# Bring the job under Terraform to see and change its auth config:\nimport {{\n  to = google_cloud_scheduler_job.{}\n  id = {}\n}}\n",
-        tf_name(&j.job_id),
+        tf_name(j.job_id()),
         hcl(&j.name())
     )
+}
+
+/// Flags on the command's line (`describe`, and a command quoted in a comment).
+const ONE_LINE: &str = " ";
+/// One flag a line, with continuations: the commands people read and edit.
+const LINES: &str = " \\\n  ";
+
+/// `--name=VALUE`, the value a shell word. Always `=`: a value that starts with `-` stays the
+/// flag's value.
+fn flag(name: &str, value: &str) -> String {
+    format!("--{name}={}", sh(value))
+}
+
+/// `gcloud WORDS RESOURCE FLAGS…`, the flags joined by `sep`. A resource (the one positional
+/// argument) that starts with `-` would be read as a flag — a job id may, and
+/// `--impersonate-service-account` is a valid one — so it then goes last, after `--`, which
+/// gcloud reads as the end of the flags.
+fn command(words: &str, resource: &str, flags: &[String], sep: &str) -> String {
+    let mut out = format!("gcloud {words}");
+    let flag_like = resource.starts_with('-');
+    if !flag_like {
+        out.push(' ');
+        out.push_str(&sh(resource));
+    }
+    for f in flags {
+        out.push_str(sep);
+        out.push_str(f);
+    }
+    if flag_like {
+        out.push_str(sep);
+        out.push_str("-- ");
+        out.push_str(&sh(resource));
+    }
+    out
 }
 
 /// A service account's project: `NAME@PROJECT.iam.gserviceaccount.com`.
@@ -350,16 +425,43 @@ fn sa_project(sa: &str) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// A shell word: as it is when it holds only safe characters, single-quoted otherwise.
+/// A shell word: as it is when it holds only safe characters, single-quoted otherwise, and
+/// ANSI-C quoted (`$'…'`, bash and zsh) when it holds a control or invisible character, each
+/// written as its UTF-8 bytes in `\xHH` escapes. So a fix never carries such a character raw:
+/// a newline cannot end a `#` comment line, an ESC cannot reach the terminal or cut a bracketed
+/// paste short. (A NUL cannot be in an argument at all: bash ends the word there.)
 pub fn sh(s: &str) -> String {
     let safe = !s.is_empty()
-        && s.bytes()
+        // zsh expands a word that starts with `=` to a command's path.
+        && !s.starts_with('=')
+        && s
+            .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-_.:/@=+,%".contains(&b));
     if safe {
-        s.to_owned()
-    } else {
-        format!("'{}'", s.replace('\'', r"'\''"))
+        return s.to_owned();
     }
+    if !s.contains(escape::is_unsafe) {
+        return format!("'{}'", s.replace('\'', r"'\''"));
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    out.push_str("$'");
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str(r"\\"),
+            // Not `\'` nor a raw `!`: interactive bash's history expansion reads `\'` as the
+            // quote's end and expands `!` there.
+            '\'' | '!' => out.push_str(&format!(r"\x{:02x}", c as u32)),
+            c if escape::is_unsafe(c) => {
+                let mut utf8 = [0; 4];
+                for b in c.encode_utf8(&mut utf8).bytes() {
+                    out.push_str(&format!(r"\x{b:02x}"));
+                }
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('\'');
+    out
 }
 
 /// An HCL string literal, with template sequences escaped.
@@ -378,7 +480,9 @@ pub fn hcl(s: &str) -> String {
                 out.push(c);
                 out.push(c);
             }
-            c if c.is_control() => out.push_str(&format!("\\u{:04x}", c as u32)),
+            // Controls and bidi characters as escapes: the value is the same, what people see
+            // is what Terraform reads.
+            c if escape::is_unsafe(c) => out.push_str(&format!("\\u{:04x}", c as u32)),
             c => out.push(c),
         }
     }
@@ -415,6 +519,33 @@ mod tests {
         assert_eq!(sh("it's"), r"'it'\''s'");
         assert_eq!(sh("x;rm -rf /"), "'x;rm -rf /'");
         assert_eq!(sh(""), "''");
+        // zsh would expand `=ls` to /bin/ls.
+        assert_eq!(sh("=ls"), "'=ls'");
+    }
+
+    #[test]
+    fn shell_words_never_carry_a_control_or_bidi_character_raw() {
+        assert_eq!(sh("a\nb"), r"$'a\x0ab'");
+        assert_eq!(sh("it's\x1b!"), r"$'it\x27s\x1b\x21'");
+        assert_eq!(sh("\\\u{202e}"), r"$'\\\xe2\x80\xae'");
+        assert_eq!(sh("\u{85}"), r"$'\xc2\x85'");
+        for s in ["x\n# c\ntouch pwned", "\r", "\u{2028}", "\x1b[201~"] {
+            assert!(!sh(s).contains(escape::is_unsafe), "{s:?}");
+        }
+    }
+
+    #[test]
+    fn a_flag_like_resource_goes_after_the_end_of_flags() {
+        let flags = [flag("project", "acme-prod"), flag("location", "us-east1")];
+        assert_eq!(
+            command("scheduler jobs describe", "j", &flags, ONE_LINE),
+            "gcloud scheduler jobs describe j --project=acme-prod --location=us-east1"
+        );
+        assert_eq!(
+            command("scheduler jobs describe", "--impersonate-service-account", &flags, ONE_LINE),
+            "gcloud scheduler jobs describe --project=acme-prod --location=us-east1 -- --impersonate-service-account"
+        );
+        assert_eq!(flag("member", "-x y"), "--member='-x y'");
     }
 
     #[test]
@@ -426,23 +557,23 @@ mod tests {
 
     #[test]
     fn the_seed_case_gets_the_oauth_switch_and_nothing_else() {
-        let key = JobKey::new("acme", "us-east1", "commit-worker");
+        let key = JobKey::new("acme-prod", "us-east1", "commit-worker").unwrap();
         let auth = AuthFacts {
             source: crate::correlate::AuthSource::Inventory,
             token: "oidc".into(),
-            service_account: Some("sa@acme.iam.gserviceaccount.com".into()),
+            service_account: Some("sa@acme-prod.iam.gserviceaccount.com".into()),
             audience: None,
             scope: None,
         };
-        let uri = "https://us-east1-run.googleapis.com/apis/run.googleapis.com/v1/namespaces/acme/jobs/commit-worker:run";
+        let uri = "https://us-east1-run.googleapis.com/apis/run.googleapis.com/v1/namespaces/acme-prod/jobs/commit-worker:run";
         let fix = render(
             Code::OidcTokenForGoogleApi,
             &Facts::new(&key, None, uri, TargetKind::GoogleApi, &auth),
         );
-        assert!(fix.gcloud.starts_with("gcloud scheduler jobs update http commit-worker \\\n  --project=acme \\\n  --location=us-east1"));
+        assert!(fix.gcloud.starts_with("gcloud scheduler jobs update http commit-worker \\\n  --project=acme-prod \\\n  --location=us-east1"));
         assert!(fix
             .gcloud
-            .contains("--oauth-service-account-email=sa@acme.iam.gserviceaccount.com"));
+            .contains("--oauth-service-account-email=sa@acme-prod.iam.gserviceaccount.com"));
         assert!(fix
             .gcloud
             .contains("--oauth-token-scope=https://www.googleapis.com/auth/cloud-platform"));

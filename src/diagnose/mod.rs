@@ -14,6 +14,7 @@ use crate::correlate::{AuthSource, HttpTarget, JobConfig, Lookup, Target, Token}
 use crate::decode::Outcome;
 use crate::JobKey;
 pub use fix::Fix;
+use schedwatch_sinks::escape;
 pub use target::TargetKind;
 
 /// The diagnosis codes. Their spelling is part of the contract.
@@ -333,18 +334,23 @@ impl Diagnoser {
     }
 }
 
-/// The summary and detail of a diagnosis.
+/// The summary and detail of a diagnosis: prose for people, so every value in it (from a log
+/// entry, a job config or an API's answer) is shown with its control and bidi characters as
+/// escapes ([`escape::line`]); the exact values are the alert's own fields.
 fn words(code: Code, case: &Case<'_>, auth: &AuthFacts, reason: Option<&str>) -> (String, String) {
     let job = case.job.name();
     let uri = if case.uri.is_empty() {
-        "its target"
+        "its target".into()
     } else {
-        case.uri.as_str()
+        escape::line(&case.uri)
     };
-    let sa = auth
-        .service_account
-        .as_deref()
-        .unwrap_or("(no service account set)");
+    let sa = escape::line(
+        auth.service_account
+            .as_deref()
+            .unwrap_or("(no service account set)"),
+    );
+    let reason = reason.map(escape::line);
+    let audience = auth.audience.as_deref().map(escape::line);
     let failure = match case.outcome {
         Some(Outcome::PermissionDenied) => "403 PERMISSION_DENIED",
         Some(_) => "401 UNAUTHENTICATED",
@@ -357,7 +363,7 @@ fn words(code: Code, case: &Case<'_>, auth: &AuthFacts, reason: Option<&str>) ->
                 "{job} gets {failure} from {uri}. Its Cloud Scheduler config was not found ({}). Export it with \
                  `gcloud scheduler jobs describe` and add it to the job inventory, or grant schedwatch \
                  roles/cloudscheduler.viewer so it can read it from the API; the next alert will then name the cause.",
-                reason.unwrap_or("no source had it")
+                reason.as_deref().unwrap_or("no source had it")
             ),
         ),
         Code::MissingAuthToken => {
@@ -400,7 +406,7 @@ fn words(code: Code, case: &Case<'_>, auth: &AuthFacts, reason: Option<&str>) ->
                  likely the cause of the {failure}. Set the audience to the target's origin, or keep it and add \
                  it to the service's accepted audiences (`gcloud run services update SERVICE \
                  --add-custom-audiences=AUDIENCE`).",
-                auth.audience.as_deref().unwrap_or("unset")
+                audience.as_deref().unwrap_or("unset")
             ),
         ),
         Code::MissingInvokerPermission => (
@@ -440,7 +446,7 @@ mod tests {
     }
 
     fn job(target: serde_json::Value) -> serde_json::Value {
-        let mut j = serde_json::json!({"name": "projects/p/locations/us-east1/jobs/j"});
+        let mut j = serde_json::json!({"name": "projects/acme-prod/locations/us-east1/jobs/j"});
         j.as_object_mut()
             .unwrap()
             .extend(target.as_object().unwrap().clone());
@@ -448,7 +454,7 @@ mod tests {
     }
 
     fn code(target: serde_json::Value, outcome: Outcome) -> Code {
-        let key = JobKey::new("p", "us-east1", "j");
+        let key = JobKey::new("acme-prod", "us-east1", "j").unwrap();
         Diagnoser::default()
             .diagnose(&key, &lookup(job(target)), outcome, None)
             .code
@@ -463,7 +469,7 @@ mod tests {
         use serde_json::json;
         let u = Outcome::Unauthenticated;
         let d = Outcome::PermissionDenied;
-        let key = JobKey::new("p", "us-east1", "j");
+        let key = JobKey::new("acme-prod", "us-east1", "j").unwrap();
         let none = Lookup {
             config: None,
             source: AuthSource::Unavailable,
@@ -553,6 +559,34 @@ mod tests {
         let pubsub =
             JobConfig::from_value(job(json!({"pubsubTarget": {"topicName": "t"}}))).unwrap();
         assert!(d.audit(&pubsub, AuthSource::Inventory).is_empty());
+    }
+
+    #[test]
+    fn the_words_show_a_configs_controls_as_escapes() {
+        use serde_json::json;
+        let evil = "https://x.example/\x1b]0;t\x07\n# forged\u{202e}";
+        let key = JobKey::new("acme-prod", "us-east1", "j").unwrap();
+        let target = json!({"httpTarget": {"uri": evil, "oidcToken": {"serviceAccountEmail": evil, "audience": evil}}});
+        for outcome in [Outcome::Unauthenticated, Outcome::PermissionDenied] {
+            let d =
+                Diagnoser::default().diagnose(&key, &lookup(job(target.clone())), outcome, None);
+            let words = format!("{}{}", d.summary, d.detail);
+            assert!(!words.contains(escape::is_unsafe), "{words}");
+            assert!(
+                words.contains(r"https://x.example/\x1b]0;t\x07\n# forged\u{202e}"),
+                "{words}"
+            );
+            // The alert's own fields stay exact.
+            assert_eq!(d.target_url, evil);
+            assert_eq!(d.auth.audience.as_deref(), Some(evil));
+        }
+        let none = Lookup {
+            config: None,
+            source: AuthSource::Unavailable,
+            reason: Some(format!("the API said {evil}")),
+        };
+        let d = Diagnoser::default().diagnose(&key, &none, Outcome::Unauthenticated, Some(evil));
+        assert!(!d.detail.contains(escape::is_unsafe), "{}", d.detail);
     }
 
     #[test]

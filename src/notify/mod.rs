@@ -15,6 +15,7 @@ use schedwatch_sinks::alert::{
     self, Alert, AlertAuth, AlertDiagnosis, AlertFailure, AlertFix, AlertJob, AlertTarget,
     EventKind,
 };
+use schedwatch_sinks::escape;
 
 use crate::diagnose::{Diagnoser, Diagnosis};
 use crate::incidents::Incident;
@@ -37,9 +38,9 @@ pub fn alert(
         incident_id: incident.id.clone(),
         job: AlertJob {
             name: job.name(),
-            project: job.project.clone(),
-            location: job.location.clone(),
-            id: job.job_id.clone(),
+            project: job.project().to_owned(),
+            location: job.location().to_owned(),
+            id: job.job_id().to_owned(),
         },
         failure: AlertFailure {
             class: f.outcome.as_str().to_owned(),
@@ -84,7 +85,10 @@ fn ts(t: DateTime<Utc>) -> String {
 }
 
 /// The readable terminal view of an alert (`--format text`): what failed, why, and the fix.
+/// Every value is shown with its control and bidi characters escaped ([`escape`]): a URL or a
+/// status from a log entry cannot drive the terminal or add a line.
 pub fn render_text(a: &Alert) -> String {
+    let v = |s: &str| escape::line(s).into_owned();
     let mut out = String::new();
     let event = match a.event {
         EventKind::Firing => "FIRING",
@@ -93,13 +97,17 @@ pub fn render_text(a: &Alert) -> String {
     };
     out.push_str(&format!(
         "{event}  {}/{}/{}  {} ({})\n",
-        a.job.project, a.job.location, a.job.id, a.diagnosis.code, a.diagnosis.confidence
+        v(&a.job.project),
+        v(&a.job.location),
+        v(&a.job.id),
+        v(&a.diagnosis.code),
+        v(&a.diagnosis.confidence)
     ));
     let status = match (&a.failure.http_status, &a.failure.status) {
-        (Some(h), Some(s)) => format!("{h} {s}"),
+        (Some(h), Some(s)) => format!("{h} {}", v(s)),
         (Some(h), None) => h.to_string(),
-        (None, Some(s)) => s.clone(),
-        (None, None) => a.failure.class.clone(),
+        (None, Some(s)) => v(s),
+        (None, None) => v(&a.failure.class),
     };
     let plural = if a.failure.count == 1 { "" } else { "s" };
     out.push_str(&format!(
@@ -113,40 +121,42 @@ pub fn render_text(a: &Alert) -> String {
     }
     out.push_str(&format!(
         "  target    {} ({})\n",
-        a.target.url, a.target.kind
+        v(&a.target.url),
+        v(&a.target.kind)
     ));
     if a.auth.source == "unavailable" {
         out.push_str("  auth      unknown: the job's config was not found\n");
     } else {
-        let mut auth = format!("{} token", a.auth.token);
+        let mut auth = format!("{} token", v(&a.auth.token));
         if let Some(sa) = &a.auth.service_account {
-            auth.push_str(&format!(" as {sa}"));
+            auth.push_str(&format!(" as {}", v(sa)));
         }
         if let Some(aud) = &a.auth.audience {
-            auth.push_str(&format!(", audience {aud}"));
+            auth.push_str(&format!(", audience {}", v(aud)));
         }
         out.push_str(&format!(
             "  auth      {auth} (from the {})\n",
-            a.auth.source.replace('_', " ")
+            v(&a.auth.source.replace('_', " "))
         ));
     }
-    out.push_str(&format!("  cause     {}\n", a.diagnosis.summary));
-    for line in wrap(&a.diagnosis.detail, 88) {
+    out.push_str(&format!("  cause     {}\n", v(&a.diagnosis.summary)));
+    for line in wrap(&escape::lines(&a.diagnosis.detail), 88) {
         out.push_str(&format!("            {line}\n"));
     }
     if a.event != EventKind::Resolved {
         out.push_str("  fix (gcloud):\n");
-        for line in a.fix.gcloud.lines() {
+        for line in escape::lines(&a.fix.gcloud).lines() {
             out.push_str(&format!("    {line}\n"));
         }
         out.push_str("  fix (terraform):\n");
-        for line in a.fix.terraform.lines() {
+        for line in escape::lines(&a.fix.terraform).lines() {
             out.push_str(&format!("    {line}\n"));
         }
     }
     out.push_str(&format!(
         "  runbook   {}\n  incident  {}\n",
-        a.runbook_url, a.incident_id
+        v(&a.runbook_url),
+        v(&a.incident_id)
     ));
     out
 }
@@ -165,4 +175,49 @@ fn wrap(text: &str, width: usize) -> Vec<String> {
         }
     }
     lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_terminal_view_shows_controls_as_escapes() {
+        let evil = "https://x.example/\x1b]0;pwned\x07\r\n  cause     forged\u{85}\u{202e}\x1b[2J";
+        let alert: Alert = serde_json::from_value(serde_json::json!({
+            "schema": "schedwatch.alert.v1", "event": "firing", "incident_id": "4f1c",
+            "job": {"name": "projects/acme-prod/locations/us-east1/jobs/j",
+                    "project": "acme-prod", "location": "us-east1", "id": "j"},
+            "failure": {"class": "unauthenticated", "status": format!("UNAUTHENTICATED{evil}"),
+                        "http_status": 401, "count": 3,
+                        "first_at": "2026-11-20T09:00:01Z", "last_at": "2026-11-20T09:20:03Z"},
+            "target": {"url": evil, "kind": "other"},
+            "auth": {"source": "inventory", "token": "oidc", "service_account": format!("sa{evil}"),
+                     "audience": evil, "scope": null},
+            "diagnosis": {"code": "oidc-audience-mismatch", "confidence": "likely",
+                          "summary": "s", "detail": format!("It calls {evil}.")},
+            "fix": {"gcloud": format!("# {evil}\ngcloud x \\\n  --y={evil}"), "terraform": evil},
+            "runbook_url": evil
+        }))
+        .unwrap();
+        let text = render_text(&alert);
+        let raw: Vec<char> = text
+            .chars()
+            .filter(|&c| c != '\n' && escape::is_unsafe(c))
+            .collect();
+        assert!(raw.is_empty(), "{raw:?} in\n{text}");
+        assert!(
+            !text.lines().any(|l| l.starts_with("  cause     forged")),
+            "a forged line:\n{text}"
+        );
+        assert!(
+            text.contains(r"  target    https://x.example/\x1b]0;pwned\x07\r\n  cause     forged\u{85}\u{202e}\x1b[2J (other)"),
+            "{text}"
+        );
+        // The fix keeps its own lines.
+        assert!(
+            text.contains("    gcloud x \\\n      --y=https://x.example/\\x1b"),
+            "{text}"
+        );
+    }
 }

@@ -207,9 +207,17 @@ impl EmbeddedStore {
         let mut state = State::default();
         let incidents = tx.open_table(INCIDENTS).map_err(|e| self.err(e))?;
         for row in incidents.iter().map_err(|e| self.err(e))? {
-            let (_, v) = row.map_err(|e| self.err(e))?;
-            let s: StoredIncident =
-                serde_json::from_slice(v.value()).map_err(|e| self.corrupt("incident", e))?;
+            let (name, v) = row.map_err(|e| self.err(e))?;
+            let s: StoredIncident = match serde_json::from_slice(v.value()) {
+                Ok(s) => s,
+                // Stored before job labels were checked, for a job no entry can name now:
+                // left behind, not a reason to refuse to start.
+                Err(e) if JobKey::from_name(name.value()).is_err() => {
+                    tracing::warn!("an incident of a job whose name breaks Cloud Scheduler's grammar is left in the store: {e}");
+                    continue;
+                }
+                Err(e) => return Err(self.corrupt("incident", e)),
+            };
             state.incidents.push((s.job, s.incident));
         }
         let order = tx.open_table(DEDUP_ORDER).map_err(|e| self.err(e))?;
@@ -398,7 +406,7 @@ mod tests {
         let store = EmbeddedStore::open(dir.path(), 1000).unwrap();
         let state = store.load().unwrap();
         assert_eq!(state.incidents.len(), 1);
-        assert_eq!(state.incidents[0].0.job_id, "commit-worker");
+        assert_eq!(state.incidents[0].0.job_id(), "commit-worker");
         assert_eq!(state.dedup_keys.len(), first_success);
         assert_eq!(state.outbox.len(), 1);
 

@@ -363,7 +363,7 @@ impl PostgresStore {
             for row in rows {
                 let name: String = row.get(0);
                 let incident: Option<Json<Incident>> = row.get(1);
-                if let Some(job) = JobKey::from_name(&name) {
+                if let Ok(job) = JobKey::from_name(&name) {
                     batch.incidents.push((job, incident.map(|j| j.0)));
                 }
             }

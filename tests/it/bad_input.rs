@@ -820,3 +820,113 @@ fn an_array_stops_at_junk_between_elements_and_keeps_what_came_before() {
     let warning = format!("breaks at byte {at}, after 2 elements");
     assert!(stderr(&out).contains(&warning), "{}", stderr(&out));
 }
+
+/// Anyone who may write log entries can write any labels (issue 13). Labels that break Cloud
+/// Scheduler's grammar — a newline that would end a fix's comment line, a job id that is a
+/// gcloud flag with its value, `..` path segments, terminal escapes, a project that is not a
+/// project id, a job id past 500 characters — are skipped as `malformed_entry` and show up
+/// nowhere: no alert, nothing on the terminal, nothing in a log line. A valid job id that starts
+/// with `-` still alerts, its fix naming it after `--`.
+#[test]
+fn hostile_job_labels_are_malformed_entries_and_shown_nowhere() {
+    let long = "evil".repeat(126);
+    let hostile: [(&str, &str, &str); 8] = [
+        (
+            "acme-data-prod",
+            "europe-west1",
+            "x\n# evil\ntouch /tmp/evil-schedwatch",
+        ),
+        (
+            "acme-data-prod",
+            "europe-west1",
+            "--impersonate-service-account=evil@attacker.iam.gserviceaccount.com",
+        ),
+        ("acme-data-prod", "europe-west1", r"\..\..\evil"),
+        ("acme-data-prod", "..", "evil"),
+        ("acme-data-prod", "europe-west1/../../evil", "j"),
+        ("acme-data-prod", "europe-west1", "\x1b]0;evil\x07\x1b[2J\r"),
+        ("evil/../acme-data-prod", "europe-west1", "j"),
+        ("acme-data-prod", "europe-west1", &long),
+    ];
+    let valid_but_flag_like = "--impersonate-service-account";
+    let mut lines = Vec::new();
+    let mut n = 0;
+    for (project, location, job_id) in
+        hostile
+            .iter()
+            .copied()
+            .chain([("acme-data-prod", "europe-west1", valid_but_flag_like)])
+    {
+        // Three failures: enough to fire without a config (no inventory is given).
+        for _ in 0..3 {
+            n += 1;
+            let e = scheduler_entry(|e| {
+                e["insertId"] = json!(format!("hostile{n}"));
+                e["timestamp"] = json!(format!("2026-03-02T02:{:02}:07.298114Z", n));
+                e["resource"]["labels"] =
+                    json!({"project_id": project, "location": location, "job_id": job_id});
+            });
+            lines.push(String::from_utf8(e).unwrap());
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), "hostile.ndjson", lines.join("\n"));
+    let malformed: BTreeMap<String, u64> =
+        [("malformed_entry".to_owned(), 3 * hostile.len() as u64)].into();
+
+    for format in ["text", "json"] {
+        let out = bin()
+            .args([
+                "replay",
+                "--format",
+                format,
+                "--log-format",
+                "text",
+                path.to_str().unwrap(),
+            ])
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let p = problems(format, &out, lines.len() as u64, &malformed);
+        assert!(p.is_empty(), "{p:#?}\n{}", stderr(&out));
+        let (stdout, err) = (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr(&out),
+        );
+        for (what, text) in [("stdout", &stdout), ("stderr", &err)] {
+            assert!(
+                !text.contains("evil"),
+                "{format}: a hostile label in {what}:\n{text}"
+            );
+            assert!(
+                !text.contains('\x1b') && !text.contains('\r'),
+                "{format}: a control in {what}:\n{text}"
+            );
+        }
+        if format == "json" {
+            let alerts = ndjson(&out);
+            assert_eq!(
+                projection(&alerts),
+                [(
+                    format!("acme-data-prod/europe-west1/{valid_but_flag_like}"),
+                    "firing".to_owned(),
+                    "auth-config-unavailable".to_owned(),
+                    3
+                )]
+            );
+            let fix = alerts[0]["fix"]["gcloud"].as_str().unwrap();
+            assert!(
+                fix.ends_with(&format!("--format=json -- {valid_but_flag_like}")),
+                "{fix}"
+            );
+        } else {
+            assert!(
+                stdout.contains(&format!(
+                    "FIRING  acme-data-prod/europe-west1/{valid_but_flag_like}"
+                )),
+                "{stdout}"
+            );
+        }
+    }
+}

@@ -25,7 +25,7 @@ const TARGETS: &[&str] = &[
 
 /// Every diagnosis the rules can give over a grid of configs, outcomes and targets.
 fn all_diagnoses() -> Vec<Diagnosis> {
-    let key = JobKey::new("acme-data-prod", "us-east1", "commit-worker");
+    let key = JobKey::new("acme-data-prod", "us-east1", "commit-worker").unwrap();
     let d = Diagnoser::default();
     let mut out = Vec::new();
     let tokens = [
@@ -235,4 +235,106 @@ fn a_body_with_overrides_names_run_developer() {
     assert!(d
         .iter()
         .all(|d| d.fix.gcloud.contains("--role=roles/run.developer")));
+}
+
+/// A job id may start with `-` (Cloud Scheduler's grammar allows it: `--impersonate-service-account`
+/// is a valid one), and so may a service account, topic, Cloud Run job or function name from
+/// the job's config. gcloud must take each as the resource it names, never as a flag: every such
+/// command puts it after `--`, and the real gcloud parser accepts it.
+#[test]
+fn names_that_start_with_a_hyphen_stay_arguments_for_the_real_gcloud() {
+    let key = JobKey::new(
+        "acme-data-prod",
+        "us-east1",
+        "--impersonate-service-account",
+    )
+    .unwrap();
+    let sa = "-sa@acme-data-prod.iam.gserviceaccount.com";
+    let d = Diagnoser::default();
+    let lookup = |target: serde_json::Value| {
+        let mut job = json!({"name": key.name()});
+        job.as_object_mut()
+            .unwrap()
+            .extend(target.as_object().unwrap().clone());
+        Lookup {
+            config: Some(Arc::new(JobConfig::from_value(job).unwrap())),
+            source: AuthSource::Inventory,
+            reason: None,
+        }
+    };
+    let run_job =
+        "https://run.googleapis.com/v2/projects/acme-data-prod/locations/us-east1/jobs/-w:run";
+    let cases = [
+        // The OAuth switch on the job itself.
+        (
+            lookup(
+                json!({"httpTarget": {"uri": run_job, "oidcToken": {"serviceAccountEmail": sa}}}),
+            ),
+            Outcome::Unauthenticated,
+        ),
+        // Grants on a Cloud Run job, a function (and its 1st gen command in a comment), a topic.
+        (
+            lookup(
+                json!({"httpTarget": {"uri": run_job, "oauthToken": {"serviceAccountEmail": sa}}}),
+            ),
+            Outcome::PermissionDenied,
+        ),
+        (
+            lookup(
+                json!({"httpTarget": {"uri": "https://europe-west1-acme-data-prod.cloudfunctions.net/-fn", "oidcToken": {"serviceAccountEmail": sa}}}),
+            ),
+            Outcome::PermissionDenied,
+        ),
+        (
+            lookup(json!({"pubsubTarget": {"topicName": "-t"}})),
+            Outcome::PermissionDenied,
+        ),
+        // Does the service account exist?
+        (
+            lookup(
+                json!({"httpTarget": {"uri": "https://api-4x7qk2m9da-ue.a.run.app/x", "oidcToken": {"serviceAccountEmail": sa}}}),
+            ),
+            Outcome::Unauthenticated,
+        ),
+        // No config: describe the job.
+        (
+            Lookup {
+                config: None,
+                source: AuthSource::Unavailable,
+                reason: Some("not in the job inventory".into()),
+            },
+            Outcome::Unauthenticated,
+        ),
+    ];
+    let mut commands = BTreeSet::new();
+    for (lookup, outcome) in &cases {
+        let diagnosis = d.diagnose(&key, lookup, *outcome, Some(run_job));
+        let found = gcloud_commands(&diagnosis.fix.gcloud);
+        assert!(!found.is_empty(), "{:?}: no command", diagnosis.code);
+        for c in found {
+            assert!(
+                c.contains(" -- -"),
+                "{:?}: the name is not after --: {c}",
+                diagnosis.code
+            );
+            commands.insert(c);
+        }
+    }
+    assert!(commands.len() >= 7, "{commands:#?}");
+    let commands: Vec<String> = commands.into_iter().collect();
+    let dir = tempfile::tempdir().unwrap();
+    // A function name must start with a letter: gcloud refuses `-fn` as the NAME argument's
+    // value, which shows it read it as the argument and not as a flag.
+    let failures: Vec<String> = crate::common::gcloud_rejects("", &commands, dir.path())
+        .into_iter()
+        .filter(|f| {
+            !(f.starts_with("gcloud functions ")
+                && f.contains("argument NAME: Invalid value '-fn'"))
+        })
+        .collect();
+    assert!(
+        failures.is_empty(),
+        "gcloud rejects:\n{}",
+        failures.join("\n")
+    );
 }

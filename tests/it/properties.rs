@@ -23,13 +23,13 @@ const JOBS: [&str; 4] = ["oidc-to-api", "no-inventory", "run-service", "pubsub"]
 fn inventory() -> Inventory {
     let mut inv = Inventory::default();
     let jobs = serde_json::json!([
-        {"name": "projects/p/locations/us-east1/jobs/oidc-to-api", "httpTarget": {
-            "uri": "https://us-east1-run.googleapis.com/apis/run.googleapis.com/v1/namespaces/p/jobs/w:run",
-            "oidcToken": {"serviceAccountEmail": "sa@p.iam.gserviceaccount.com"}}},
-        {"name": "projects/p/locations/us-east1/jobs/run-service", "httpTarget": {
+        {"name": "projects/acme-prod/locations/us-east1/jobs/oidc-to-api", "httpTarget": {
+            "uri": "https://us-east1-run.googleapis.com/apis/run.googleapis.com/v1/namespaces/acme-prod/jobs/w:run",
+            "oidcToken": {"serviceAccountEmail": "sa@acme-prod.iam.gserviceaccount.com"}}},
+        {"name": "projects/acme-prod/locations/us-east1/jobs/run-service", "httpTarget": {
             "uri": "https://api-4x7qk2m9da-ue.a.run.app/t",
-            "oidcToken": {"serviceAccountEmail": "sa@p.iam.gserviceaccount.com"}}},
-        {"name": "projects/p/locations/us-east1/jobs/pubsub", "pubsubTarget": {"topicName": "projects/p/topics/t"}}
+            "oidcToken": {"serviceAccountEmail": "sa@acme-prod.iam.gserviceaccount.com"}}},
+        {"name": "projects/acme-prod/locations/us-east1/jobs/pubsub", "pubsubTarget": {"topicName": "projects/acme-prod/topics/t"}}
     ]);
     inv.add_document(jobs, "test");
     inv
@@ -71,8 +71,8 @@ fn entry_of(job_id: &str, outcome: u8, second: u32) -> String {
     };
     let mut e = serde_json::json!({
         "insertId": format!("id{second}"),
-        "logName": "projects/p/logs/cloudscheduler.googleapis.com%2Fexecutions",
-        "resource": {"type": "cloud_scheduler_job", "labels": {"project_id": "p", "location": "us-east1", "job_id": job_id}},
+        "logName": "projects/acme-prod/logs/cloudscheduler.googleapis.com%2Fexecutions",
+        "resource": {"type": "cloud_scheduler_job", "labels": {"project_id": "acme-prod", "location": "us-east1", "job_id": job_id}},
         "timestamp": ts,
         "jsonPayload": {"@type": format!("type.googleapis.com/google.cloud.scheduler.logging.{kind}"), "url": "https://x.example/"},
     });
@@ -268,3 +268,486 @@ proptest! {
     }
 }
 use schedwatch_sinks::EventKind::Resolved;
+
+// ---- Fixes are safe to paste, whatever a log entry or a job config holds ----
+//
+// Every value a fix can carry comes from a log entry (the job's labels, within Cloud
+// Scheduler's grammar, and the logged URL) or a job config (service account, audience, URI,
+// topic, body…), and may be anything. Each rendered `fix.gcloud` is sourced by bash with
+// `gcloud` a shell function that records its argv: bash may do nothing but call it (a DEBUG
+// trace inherited by functions and subshells shows every command), nothing may be written, and
+// the recorded arguments hold the values intact, each as one argument, none taken for a flag.
+
+mod paste {
+    use std::collections::BTreeSet;
+    use std::path::Path;
+    use std::process::Command;
+    use std::sync::Arc;
+
+    use proptest::prelude::*;
+    use schedwatch::correlate::{AuthSource, JobConfig, Lookup};
+    use schedwatch::decode::Outcome;
+    use schedwatch::diagnose::{target, Diagnoser, Diagnosis, TargetKind};
+    use schedwatch::JobKey;
+    use schedwatch_sinks::escape::is_unsafe;
+    use serde_json::json;
+
+    /// Pieces that mean something to a shell, a terminal or a parser.
+    const NASTY: &[&str] = &[
+        "'",
+        "\"",
+        "\\",
+        "$(touch pwned)",
+        "`touch pwned`",
+        "\n",
+        "\r\n",
+        "\r",
+        "\x1b",
+        "\x1b[201~",
+        ";",
+        "|",
+        "&",
+        "&&",
+        "--",
+        "-",
+        "#",
+        "!",
+        "!!",
+        "${HOME}",
+        "$x",
+        "*",
+        "?",
+        "~",
+        "=",
+        "%",
+        " ",
+        "\t",
+        "\u{202e}",
+        "\u{2028}",
+        "\u{85}",
+        "\0",
+        ">",
+        ">pwned",
+        "<",
+        "{a,b}",
+        "\\\n",
+        "$'",
+        "'\\''",
+        "\n# c\ntouch pwned\n",
+        "--impersonate-service-account",
+        "ä",
+        "😀",
+        "${x}",
+        "%{y}",
+        ":",
+        "/",
+        "@",
+        ".",
+        "..",
+    ];
+
+    /// Any text, heavy in the pieces above.
+    fn nasty() -> impl Strategy<Value = String> {
+        prop::collection::vec(
+            prop_oneof![
+                3 => prop::sample::select(NASTY).prop_map(str::to_owned),
+                1 => any::<char>().prop_map(String::from),
+                1 => "[a-z0-9.-]{1,8}",
+            ],
+            0..8,
+        )
+        .prop_map(|parts| parts.concat())
+    }
+
+    /// Target URIs: hostile text alone, or inside each URL shape the fixes read names from.
+    fn uri() -> impl Strategy<Value = String> {
+        (nasty(), nasty(), nasty(), 0..6).prop_map(|(a, b, c, shape)| match shape {
+            0 => a,
+            1 => format!("https://run.googleapis.com/v2/projects/{a}/locations/{b}/jobs/{c}:run"),
+            2 => format!("https://us-east1-run.googleapis.com/apis/run.googleapis.com/v1/namespaces/{a}/jobs/{b}:run"),
+            3 => format!("https://europe-west1-acme.cloudfunctions.net/{a}"),
+            4 => format!("https://svc-{a}.europe-west1.run.app/{b}"),
+            _ => format!("https://api-4x7qk2m9da-ue.a.run.app/{a}?{b}#{c}"),
+        })
+    }
+
+    /// A job as Cloud Scheduler's grammar allows it, leading hyphens included.
+    fn job() -> impl Strategy<Value = JobKey> {
+        (
+            "[a-z][a-z0-9-]{4,20}[a-z0-9]",
+            prop::option::of("[a-z0-9]{1,8}\\.[a-z]{2,4}"),
+            "[a-z]([a-z0-9-]{0,12}[a-z0-9])?",
+            prop_oneof!["[-_A-Za-z0-9]{1,30}", "--?[-_A-Za-z0-9]{0,30}"],
+        )
+            .prop_map(|(p, domain, l, j)| {
+                let p = domain.map_or(p.clone(), |d| format!("{d}:{p}"));
+                JobKey::new(&p, &l, &j).unwrap()
+            })
+    }
+
+    /// One case: the job, what its config holds, and the URL its log entry names.
+    #[derive(Debug, Clone)]
+    struct Case {
+        job: JobKey,
+        /// 0 OIDC, 1 OAuth, 2 no token, 3 Pub/Sub, 4 no config at all.
+        shape: u8,
+        sa: String,
+        audience: String,
+        uri: String,
+        topic: String,
+        body: String,
+        schedule: String,
+        log_url: String,
+    }
+
+    fn case() -> impl Strategy<Value = Case> {
+        (
+            job(),
+            0u8..5,
+            (nasty(), nasty(), uri(), nasty()),
+            (nasty(), nasty(), uri()),
+        )
+            .prop_map(
+                |(job, shape, (sa, audience, uri, topic), (body, schedule, log_url))| Case {
+                    job,
+                    shape,
+                    sa,
+                    audience,
+                    uri,
+                    topic,
+                    body,
+                    schedule,
+                    log_url,
+                },
+            )
+    }
+
+    fn diagnoses(c: &Case) -> Vec<Diagnosis> {
+        use base64::Engine as _;
+        let mut job = json!({"name": c.job.name(), "schedule": c.schedule, "timeZone": c.body});
+        let body = base64::engine::general_purpose::STANDARD.encode(&c.body);
+        match c.shape {
+            0 => {
+                job["httpTarget"] = json!({"uri": c.uri, "httpMethod": c.schedule, "body": body,
+                "oidcToken": {"serviceAccountEmail": c.sa, "audience": c.audience}})
+            }
+            1 => {
+                job["httpTarget"] = json!({"uri": c.uri, "body": body,
+                "oauthToken": {"serviceAccountEmail": c.sa, "scope": c.audience}})
+            }
+            2 => job["httpTarget"] = json!({"uri": c.uri}),
+            _ => job["pubsubTarget"] = json!({"topicName": c.topic}),
+        }
+        let config = JobConfig::from_value(job).unwrap();
+        let lookup = if c.shape == 4 {
+            Lookup {
+                config: None,
+                source: AuthSource::Unavailable,
+                reason: Some(c.body.clone()),
+            }
+        } else {
+            Lookup {
+                config: Some(Arc::new(config.clone())),
+                source: AuthSource::Inventory,
+                reason: None,
+            }
+        };
+        let d = Diagnoser::default();
+        let mut out: Vec<Diagnosis> = [Outcome::Unauthenticated, Outcome::PermissionDenied]
+            .into_iter()
+            .map(|o| d.diagnose(&c.job, &lookup, o, Some(&c.log_url)))
+            .collect();
+        out.extend(d.audit(&config, AuthSource::Inventory));
+        out
+    }
+
+    /// What bash recorded: each gcloud call's argv, and every command it ran.
+    struct Run {
+        calls: Vec<Vec<String>>,
+        trace: Vec<String>,
+        stderr: String,
+        ok: bool,
+        left: Vec<String>,
+    }
+
+    /// The stub: its one command shows in the trace (`set -T` traces inside functions).
+    const STUB: &str = r#"printf '%s\0' "$#" "$@" >> "$ARGV""#;
+
+    fn source_in_bash(fixes: &[&str], dir: &Path) -> Run {
+        let work = dir.join("work");
+        let fixes_dir = dir.join("fixes");
+        let empty_path = dir.join("no-commands");
+        for d in [&work, &fixes_dir, &empty_path] {
+            std::fs::create_dir(d).unwrap();
+        }
+        let mut driver = format!(
+            "set -T\ngcloud() {{ {STUB}; }}\ntrap 'printf \"%s\\0\" \"$BASH_COMMAND\" >> \"$TRACE\"' DEBUG\n"
+        );
+        for (i, fix) in fixes.iter().enumerate() {
+            let path = fixes_dir.join(format!("fix{i}.sh"));
+            std::fs::write(&path, fix).unwrap();
+            driver.push_str(&format!("source '{}'\n", path.display()));
+        }
+        let (argv, trace) = (dir.join("argv"), dir.join("trace"));
+        std::fs::write(&argv, "").unwrap();
+        std::fs::write(&trace, "").unwrap();
+        let out = Command::new("/bin/bash")
+            .arg("--noprofile")
+            .arg("--norc")
+            .arg("-c")
+            .arg(&driver)
+            .current_dir(&work)
+            .env_clear()
+            // No directory with commands: only builtins and the stub can run.
+            .env("PATH", &empty_path)
+            .env("ARGV", &argv)
+            .env("TRACE", &trace)
+            .output()
+            .expect("bash runs");
+        let fields = |path: &Path| -> Vec<String> {
+            let bytes = std::fs::read(path).unwrap();
+            let mut f: Vec<String> = bytes
+                .split(|&b| b == 0)
+                .map(|s| String::from_utf8_lossy(s).into_owned())
+                .collect();
+            f.pop(); // after the last NUL
+            f
+        };
+        let mut calls = Vec::new();
+        let mut argv_fields = fields(&argv).into_iter();
+        while let Some(n) = argv_fields.next() {
+            let n: usize = n.parse().expect("an argument count");
+            calls.push(argv_fields.by_ref().take(n).collect());
+        }
+        let mut left: Vec<String> = std::fs::read_dir(&work)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.extend(
+            std::fs::read_dir(dir)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .filter(|n| {
+                    !["work", "fixes", "no-commands", "argv", "trace"].contains(&n.as_str())
+                }),
+        );
+        Run {
+            calls,
+            trace: fields(&trace),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            ok: out.status.success(),
+            left,
+        }
+    }
+
+    /// The flags a fix may give; anything else that starts with `-` is a value taken for a flag.
+    const FLAGS: &[&str] = &[
+        "project",
+        "location",
+        "region",
+        "member",
+        "role",
+        "format",
+        "oidc-service-account-email",
+        "oidc-token-audience",
+        "oauth-service-account-email",
+        "oauth-token-scope",
+    ];
+
+    /// The command words of each gcloud command the fixes give.
+    const COMMANDS: &[&str] = &[
+        "scheduler jobs update http",
+        "scheduler jobs describe",
+        "iam service-accounts describe",
+        "pubsub topics add-iam-policy-binding",
+        "run jobs add-iam-policy-binding",
+        "run services add-iam-policy-binding",
+        "projects add-iam-policy-binding",
+    ];
+
+    /// One gcloud call read back: its command, its flags and its one positional argument.
+    struct Call {
+        command: String,
+        flags: Vec<(String, String)>,
+        resource: Option<String>,
+    }
+
+    fn read_call(argv: &[String]) -> Result<Call, String> {
+        let command = COMMANDS
+            .iter()
+            .find(|c| {
+                let words: Vec<&str> = c.split(' ').collect();
+                argv.len() >= words.len() && argv[..words.len()] == words[..]
+            })
+            .ok_or_else(|| format!("an unknown command: {argv:?}"))?;
+        let mut flags = Vec::new();
+        let mut resource = Vec::new();
+        let mut rest = argv[command.split(' ').count()..].iter();
+        while let Some(a) = rest.next() {
+            if a == "--" {
+                resource.extend(rest.by_ref().cloned());
+                break;
+            }
+            match a.strip_prefix("--").and_then(|f| f.split_once('=')) {
+                Some((name, value)) if FLAGS.contains(&name) => {
+                    flags.push((name.to_owned(), value.to_owned()))
+                }
+                _ if a.starts_with('-') => {
+                    return Err(format!("{a:?} is read as a flag: {argv:?}"))
+                }
+                _ => resource.push(a.clone()),
+            }
+        }
+        if resource.len() > 1 {
+            return Err(format!("more than one positional argument: {argv:?}"));
+        }
+        Ok(Call {
+            command: command.to_string(),
+            flags,
+            resource: resource.pop(),
+        })
+    }
+
+    /// Whether bash can carry `value` in an argument: not when it holds a NUL.
+    fn carried(value: &str) -> bool {
+        !value.contains('\0')
+    }
+
+    fn check(c: &Case, dir: &Path) -> Result<(), TestCaseError> {
+        let ds = diagnoses(c);
+        let fixes: Vec<&str> = ds.iter().map(|d| d.fix.gcloud.as_str()).collect();
+        for (d, fix) in ds.iter().zip(&fixes) {
+            prop_assert!(
+                !fix.contains(|ch| ch != '\n' && is_unsafe(ch)),
+                "{:?}: a raw control or bidi character in\n{fix}",
+                d.code
+            );
+            prop_assert!(
+                !d.fix.terraform.contains(|ch| ch != '\n' && is_unsafe(ch)),
+                "{:?}: a raw control or bidi character in\n{}",
+                d.code,
+                d.fix.terraform
+            );
+            hcl::from_str::<hcl::Body>(&d.fix.terraform)
+                .map_err(|e| TestCaseError::fail(format!("not HCL: {e}\n{}", d.fix.terraform)))?;
+        }
+        let run = source_in_bash(&fixes, dir);
+        prop_assert!(
+            run.ok && run.stderr.is_empty(),
+            "bash: {}\n{fixes:#?}",
+            run.stderr
+        );
+        prop_assert!(
+            run.left.is_empty(),
+            "files written: {:?}\n{fixes:#?}",
+            run.left
+        );
+        for command in &run.trace {
+            prop_assert!(
+                command.starts_with("gcloud ")
+                    || command == STUB
+                    || command.starts_with("source '"),
+                "bash ran {command:?}\n{fixes:#?}"
+            );
+        }
+        // The commands people see: every line that is not a comment, continuations joined.
+        let shown: usize = fixes
+            .iter()
+            .map(|f| {
+                f.replace("\\\n", " ")
+                    .lines()
+                    .filter(|l| l.starts_with("gcloud "))
+                    .count()
+            })
+            .sum();
+        prop_assert_eq!(run.calls.len(), shown, "{:#?}", fixes);
+
+        let sa = if c.sa.is_empty() || c.shape >= 2 {
+            "SERVICE_ACCOUNT_EMAIL".to_owned()
+        } else {
+            c.sa.clone()
+        };
+        // The audience each diagnosis's target calls for (audit reads no logged URL).
+        let audiences: BTreeSet<String> = ds
+            .iter()
+            .map(|d| match TargetKind::of(&d.target_url) {
+                TargetKind::CloudFunctions => target::without_query(&d.target_url),
+                _ => target::origin_url(&d.target_url)
+                    .unwrap_or_else(|| "https://TARGET_ORIGIN".into()),
+            })
+            .collect();
+        let job = &c.job;
+        for argv in &run.calls {
+            let call = read_call(argv).map_err(TestCaseError::fail)?;
+            let flag = |name: &str| {
+                call.flags
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .map(|(_, v)| v.as_str())
+            };
+            if call.command.starts_with("scheduler jobs") {
+                prop_assert_eq!(call.resource.as_deref(), Some(job.job_id()), "{:?}", argv);
+                prop_assert_eq!(flag("project"), Some(job.project()), "{:?}", argv);
+                prop_assert_eq!(flag("location"), Some(job.location()), "{:?}", argv);
+            }
+            for name in ["oidc-service-account-email", "oauth-service-account-email"] {
+                if let (Some(v), true) = (flag(name), carried(&sa)) {
+                    prop_assert_eq!(v, sa.as_str(), "{:?}", argv);
+                }
+            }
+            if let Some(v) = flag("oidc-token-audience") {
+                prop_assert!(
+                    audiences.contains(v) || audiences.iter().any(|a| !carried(a)),
+                    "{:?} is none of {:?}",
+                    argv,
+                    audiences
+                );
+            }
+            if call.command == "iam service-accounts describe" && carried(&sa) {
+                prop_assert_eq!(call.resource.as_deref(), Some(sa.as_str()), "{:?}", argv);
+            }
+            if call.command.starts_with("pubsub") && carried(&c.topic) {
+                prop_assert_eq!(
+                    call.resource.as_deref(),
+                    Some(c.topic.as_str()),
+                    "{:?}",
+                    argv
+                );
+            }
+            if call.command.starts_with("run ") || call.command.starts_with("projects") {
+                let member = format!("serviceAccount:{sa}");
+                if carried(&sa) {
+                    prop_assert_eq!(flag("member"), Some(member.as_str()), "{:?}", argv);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    proptest! {
+        // Each case starts bash once: 64 cases run in a few seconds.
+        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+        #[test]
+        fn a_fix_sourced_by_bash_only_calls_gcloud_with_the_values_intact(c in case()) {
+            let dir = tempfile::tempdir().unwrap();
+            check(&c, dir.path())?;
+        }
+    }
+
+    /// The property's own check catches what it is for: a fix written with a raw value.
+    #[test]
+    fn the_check_sees_an_injection() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = source_in_bash(
+            &["# about x\ny\ngcloud scheduler jobs describe j --project=p --location=l > out\ngcloud scheduler jobs describe $(echo a) --project=p"],
+            dir.path(),
+        );
+        assert!(run.trace.iter().any(|c| c == "y"), "{:?}", run.trace);
+        assert!(run.trace.iter().any(|c| c == "echo a"), "{:?}", run.trace);
+        assert_eq!(run.left, ["out"]);
+        assert!(!run.stderr.is_empty(), "y is not a command");
+        let unique: BTreeSet<&Vec<String>> = run.calls.iter().collect();
+        assert_eq!(unique.len(), 2);
+    }
+}
