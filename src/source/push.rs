@@ -18,10 +18,10 @@
 //! alone: the body is read only after ([`PushReceiver::handle`] takes it as a future), so an
 //! unauthenticated sender costs a header's worth of memory, never a body's. What a refused
 //! request carried never goes back in the answer (a fixed reason per kind), and reaches the log
-//! cut short with control characters escaped ([`shown`]), at most one line per reason a minute
-//! ([`RefusalLog`]), with the number refused since the last line.
+//! cut short with control characters escaped (`shown`), at most one line per reason a minute
+//! (`RefusalLog`), with the number refused since the last line.
 //!
-//! The signing keys are cached ([`KeyCache`]): a token signed by a known key is checked without
+//! The signing keys are cached (`KeyCache`): a token signed by a known key is checked without
 //! waiting for anything; an unknown key id makes one request (single flight) read the JWKS
 //! again, the others wait for that read, and a failed read is remembered for a while.
 
@@ -101,7 +101,7 @@ impl PushConfig {
     }
 }
 
-/// Why a request's token was refused. Each detail is already [`shown`]: cut short, escaped.
+/// Why a request's token was refused. Each detail is already `shown`: cut short, escaped.
 #[derive(Debug, thiserror::Error)]
 pub enum TokenError {
     /// No `Authorization: Bearer` header.
