@@ -480,7 +480,7 @@ mod tests {
     }
 
     fn job_n(n: usize) -> JobKey {
-        JobKey::new("p", "l", &format!("j{n}"))
+        JobKey::new("acme-prod", "us-east1", &format!("j{n}")).unwrap()
     }
 
     fn hours(h: i64) -> chrono::Duration {

@@ -814,10 +814,10 @@ fn to_config(job: &google_cloud_scheduler_v1::model::Job) -> Result<JobConfig, A
 mod tests {
     use super::*;
 
-    const L: &str = "projects/p/locations/l";
+    const L: &str = "projects/acme-prod/locations/us-east1";
 
     fn key(id: &str) -> JobKey {
-        JobKey::new("p", "l", id)
+        JobKey::new("acme-prod", "us-east1", id).unwrap()
     }
 
     fn job(k: &JobKey) -> JobConfig {
@@ -914,12 +914,12 @@ mod tests {
 
         // Another location's single job is a GetJob of its own.
         let mut n = needs(&["a", "b"], true);
-        n.insert(JobKey::new("p", "other", "x"), true);
+        n.insert(JobKey::new("acme-prod", "other", "x").unwrap(), true);
         let plan = cache().plan(&n, now, now);
         assert_eq!(
             started(&plan),
             vec![
-                Fetch::Get(JobKey::new("p", "other", "x")),
+                Fetch::Get(JobKey::new("acme-prod", "other", "x").unwrap()),
                 Fetch::List(L.into())
             ]
         );
@@ -998,7 +998,7 @@ mod tests {
         // A flood of forged ids: memory stays at the capacity.
         for i in 0..FAILURE_CAPACITY + 500 {
             c.got(
-                JobKey::new("p", "l", &format!("forged-{i}")),
+                JobKey::new("acme-prod", "us-east1", &format!("forged-{i}")).unwrap(),
                 Err(not_found()),
                 now,
             );
@@ -1083,7 +1083,12 @@ mod tests {
         let now = Instant::now();
         let mut c = cache();
         let many: FxHashMap<JobKey, bool> = (0..MAX_PENDING + 10)
-            .map(|i| (JobKey::new(&format!("p{i}"), "l", "j"), true))
+            .map(|i| {
+                (
+                    JobKey::new(&format!("proj-{i:04}"), "us-east1", "j").unwrap(),
+                    true,
+                )
+            })
             .collect();
         let plan = c.plan(&many, now, now);
         assert_eq!(plan.start.len(), MAX_PENDING);
@@ -1094,7 +1099,7 @@ mod tests {
     fn a_listing_keeps_only_jobs_of_the_location_it_listed() {
         let now = Instant::now();
         let mut c = cache();
-        let elsewhere = JobKey::new("p", "elsewhere", "a");
+        let elsewhere = JobKey::new("acme-prod", "elsewhere", "a").unwrap();
         let wanted: FxHashSet<JobKey> = [key("a"), elsewhere.clone()].into_iter().collect();
         c.listed(
             L.into(),
