@@ -26,13 +26,15 @@ pub struct SchedulerApiConfig {
     /// Send no credentials (for a local fake or emulator). Otherwise Application Default
     /// Credentials are used.
     pub anonymous: bool,
-    /// How long a fetched job config is trusted.
+    /// How long a fetched job config is trusted, 10 s to 1 day
+    /// ([`crate::config::CACHE_TTL`]).
     #[serde(with = "humantime_serde")]
     pub cache_ttl: Duration,
-    /// How long a failed look-up is remembered before it is tried again.
+    /// How long a failed look-up is remembered before it is tried again, 1 s to 1 h
+    /// ([`crate::config::ERROR_TTL`]).
     #[serde(with = "humantime_serde")]
     pub error_ttl: Duration,
-    /// The deadline of one call.
+    /// The deadline of one call, 1 s to 1 min ([`crate::config::API_TIMEOUT`]).
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
 }
