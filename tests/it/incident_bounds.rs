@@ -56,8 +56,14 @@ fn push_failure(address: &str, job_id: &str, timestamp: &str, id: usize) {
     assert_eq!(status, 204, "push {id} ({job_id}): {text}");
 }
 
-/// Waits for the process to end and returns its exit code and its peak resident memory in
-/// KiB, from `wait4`: this child's own figure, whatever else the tests run at the same time.
+/// Runs `argv[2:]` and writes the peak RSS of it (RUSAGE_CHILDREN, KiB) to `argv[1]`.
+const PEAK_RSS: &str = "import resource, subprocess, sys
+rc = subprocess.call(sys.argv[2:])
+with open(sys.argv[1], 'w') as f:
+    f.write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))
+sys.exit(rc if rc >= 0 else 128 - rc)";
+
+/// Waits for the process to end and returns its exit code (from `wait4`).
 fn wait_with_peak_rss(child: std::process::Child) -> (i32, i64) {
     let pid = child.id() as libc::pid_t;
     let mut status = 0;
@@ -90,7 +96,13 @@ fn replay_of_200k_jobs_failing_once_each_keeps_a_small_peak_and_reports_the_evic
         "[incidents]\nmax_tracked_jobs = 1000\n",
     );
     let stderr = dir.path().join("stderr.log");
-    let mut child = common::bin()
+    // Through a small python3 wrapper: Linux folds the spawning process's peak into a forked
+    // child's ru_maxrss, so wait4 in this (large, busy) test binary would measure the test binary.
+    let peak = dir.path().join("peak-rss-kib");
+    let mut child = std::process::Command::new("python3")
+        .args(["-c", PEAK_RSS])
+        .arg(&peak)
+        .arg(env!("CARGO_BIN_EXE_schedwatch"))
         .args(["replay", "--format", "json", "--config"])
         .arg(&config)
         .stdin(Stdio::piped())
@@ -112,7 +124,12 @@ fn replay_of_200k_jobs_failing_once_each_keeps_a_small_peak_and_reports_the_evic
         }
         out.flush().unwrap();
     });
-    let (code, peak_kib) = wait_with_peak_rss(child);
+    let (code, _) = wait_with_peak_rss(child);
+    let peak_kib: i64 = std::fs::read_to_string(&peak)
+        .expect("the wrapper wrote the peak RSS")
+        .trim()
+        .parse()
+        .unwrap();
     let written = writer.join();
     let log = std::fs::read_to_string(&stderr).unwrap();
     assert_eq!(code, 0, "{log}");
