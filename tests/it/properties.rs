@@ -359,16 +359,16 @@ mod paste {
         .prop_map(|parts| parts.concat())
     }
 
-    /// Target URIs: hostile text alone, or inside each URL shape the fixes read names from.
-    fn uri() -> impl Strategy<Value = String> {
-        (nasty(), nasty(), nasty(), 0..6).prop_map(|(a, b, c, shape)| match shape {
-            0 => a,
-            1 => format!("https://run.googleapis.com/v2/projects/{a}/locations/{b}/jobs/{c}:run"),
-            2 => format!("https://us-east1-run.googleapis.com/apis/run.googleapis.com/v1/namespaces/{a}/jobs/{b}:run"),
-            3 => format!("https://europe-west1-acme.cloudfunctions.net/{a}"),
-            4 => format!("https://svc-{a}.europe-west1.run.app/{b}"),
-            _ => format!("https://api-4x7qk2m9da-ue.a.run.app/{a}?{b}#{c}"),
-        })
+    /// Target URIs: hostile text alone, and inside each URL shape the fixes read names from.
+    fn uris(a: &str, b: &str, c: &str) -> [String; 6] {
+        [
+            a.to_owned(),
+            format!("https://run.googleapis.com/v2/projects/{a}/locations/{b}/jobs/{c}:run"),
+            format!("https://us-east1-run.googleapis.com/apis/run.googleapis.com/v1/namespaces/{a}/jobs/{b}:run"),
+            format!("https://europe-west1-acme.cloudfunctions.net/{a}{b}"),
+            format!("https://svc-{a}.europe-west1.run.app/{b}"),
+            format!("https://api-4x7qk2m9da-ue.a.run.app/{a}?{b}#{c}"),
+        ]
     }
 
     /// A job as Cloud Scheduler's grammar allows it, leading hyphens included.
@@ -385,15 +385,16 @@ mod paste {
             })
     }
 
-    /// One case: the job, what its config holds, and the URL its log entry names.
+    /// One case: the job, and the values its config and its log entries hold. Every config
+    /// shape (OIDC with and without an audience, OAuth, no token, Pub/Sub, no config at all) and
+    /// every URL shape is tried
+    /// with them, for both auth failures and the audit.
     #[derive(Debug, Clone)]
     struct Case {
         job: JobKey,
-        /// 0 OIDC, 1 OAuth, 2 no token, 3 Pub/Sub, 4 no config at all.
-        shape: u8,
         sa: String,
         audience: String,
-        uri: String,
+        uri: (String, String, String),
         topic: String,
         body: String,
         schedule: String,
@@ -403,61 +404,70 @@ mod paste {
     fn case() -> impl Strategy<Value = Case> {
         (
             job(),
-            0u8..5,
-            (nasty(), nasty(), uri(), nasty()),
-            (nasty(), nasty(), uri()),
+            (nasty(), nasty(), nasty()),
+            (nasty(), nasty(), nasty(), nasty(), nasty()),
         )
             .prop_map(
-                |(job, shape, (sa, audience, uri, topic), (body, schedule, log_url))| Case {
+                |(job, (sa, audience, topic), (a, b, c, body, schedule))| Case {
                     job,
-                    shape,
                     sa,
                     audience,
-                    uri,
+                    log_url: uris(&b, &c, &a)[a.len() % 6].clone(),
+                    uri: (a, b, c),
                     topic,
                     body,
                     schedule,
-                    log_url,
                 },
             )
     }
 
     fn diagnoses(c: &Case) -> Vec<Diagnosis> {
         use base64::Engine as _;
-        let mut job = json!({"name": c.job.name(), "schedule": c.schedule, "timeZone": c.body});
-        let body = base64::engine::general_purpose::STANDARD.encode(&c.body);
-        match c.shape {
-            0 => {
-                job["httpTarget"] = json!({"uri": c.uri, "httpMethod": c.schedule, "body": body,
-                "oidcToken": {"serviceAccountEmail": c.sa, "audience": c.audience}})
-            }
-            1 => {
-                job["httpTarget"] = json!({"uri": c.uri, "body": body,
-                "oauthToken": {"serviceAccountEmail": c.sa, "scope": c.audience}})
-            }
-            2 => job["httpTarget"] = json!({"uri": c.uri}),
-            _ => job["pubsubTarget"] = json!({"topicName": c.topic}),
-        }
-        let config = JobConfig::from_value(job).unwrap();
-        let lookup = if c.shape == 4 {
-            Lookup {
-                config: None,
-                source: AuthSource::Unavailable,
-                reason: Some(c.body.clone()),
-            }
-        } else {
-            Lookup {
-                config: Some(Arc::new(config.clone())),
-                source: AuthSource::Inventory,
-                reason: None,
-            }
-        };
         let d = Diagnoser::default();
-        let mut out: Vec<Diagnosis> = [Outcome::Unauthenticated, Outcome::PermissionDenied]
-            .into_iter()
-            .map(|o| d.diagnose(&c.job, &lookup, o, Some(&c.log_url)))
-            .collect();
-        out.extend(d.audit(&config, AuthSource::Inventory));
+        let body = base64::engine::general_purpose::STANDARD.encode(&c.body);
+        let mut out = Vec::new();
+        for uri in uris(&c.uri.0, &c.uri.1, &c.uri.2) {
+            for shape in 0..6 {
+                let mut job =
+                    json!({"name": c.job.name(), "schedule": c.schedule, "timeZone": c.body});
+                match shape {
+                    0 => {
+                        job["httpTarget"] = json!({"uri": uri, "httpMethod": c.schedule, "body": body,
+                            "oidcToken": {"serviceAccountEmail": c.sa, "audience": c.audience}})
+                    }
+                    1 => {
+                        job["httpTarget"] = json!({"uri": uri, "body": body,
+                            "oauthToken": {"serviceAccountEmail": c.sa, "scope": c.audience}})
+                    }
+                    2 => job["httpTarget"] = json!({"uri": uri}),
+                    3 => job["pubsubTarget"] = json!({"topicName": c.topic}),
+                    // No audience: a 403 leads to the invoker grant on what the URL names.
+                    5 => {
+                        job["httpTarget"] = json!({"uri": uri,
+                            "oidcToken": {"serviceAccountEmail": c.sa}})
+                    }
+                    _ => {}
+                }
+                let config = JobConfig::from_value(job).unwrap();
+                let lookup = if shape == 4 {
+                    Lookup {
+                        config: None,
+                        source: AuthSource::Unavailable,
+                        reason: Some(c.body.clone()),
+                    }
+                } else {
+                    Lookup {
+                        config: Some(Arc::new(config.clone())),
+                        source: AuthSource::Inventory,
+                        reason: None,
+                    }
+                };
+                for o in [Outcome::Unauthenticated, Outcome::PermissionDenied] {
+                    out.push(d.diagnose(&c.job, &lookup, o, Some(&c.log_url)));
+                }
+                out.extend(d.audit(&config, AuthSource::Inventory));
+            }
+        }
         out
     }
 
@@ -662,11 +672,9 @@ mod paste {
             .sum();
         prop_assert_eq!(run.calls.len(), shown, "{:#?}", fixes);
 
-        let sa = if c.sa.is_empty() || c.shape >= 2 {
-            "SERVICE_ACCOUNT_EMAIL".to_owned()
-        } else {
-            c.sa.clone()
-        };
+        // The service account, or where a config names none, the placeholder.
+        let placeholder = "SERVICE_ACCOUNT_EMAIL";
+        let sas = [c.sa.as_str(), placeholder];
         // The audience each diagnosis's target calls for (audit reads no logged URL).
         let audiences: BTreeSet<String> = ds
             .iter()
@@ -691,8 +699,8 @@ mod paste {
                 prop_assert_eq!(flag("location"), Some(job.location()), "{:?}", argv);
             }
             for name in ["oidc-service-account-email", "oauth-service-account-email"] {
-                if let (Some(v), true) = (flag(name), carried(&sa)) {
-                    prop_assert_eq!(v, sa.as_str(), "{:?}", argv);
+                if let (Some(v), true) = (flag(name), carried(&c.sa)) {
+                    prop_assert!(sas.contains(&v), "{:?}", argv);
                 }
             }
             if let Some(v) = flag("oidc-token-audience") {
@@ -703,8 +711,8 @@ mod paste {
                     audiences
                 );
             }
-            if call.command == "iam service-accounts describe" && carried(&sa) {
-                prop_assert_eq!(call.resource.as_deref(), Some(sa.as_str()), "{:?}", argv);
+            if call.command == "iam service-accounts describe" && carried(&c.sa) {
+                prop_assert_eq!(call.resource.as_deref(), Some(c.sa.as_str()), "{:?}", argv);
             }
             if call.command.starts_with("pubsub") && carried(&c.topic) {
                 prop_assert_eq!(
@@ -714,18 +722,23 @@ mod paste {
                     argv
                 );
             }
-            if call.command.starts_with("run ") || call.command.starts_with("projects") {
-                let member = format!("serviceAccount:{sa}");
-                if carried(&sa) {
-                    prop_assert_eq!(flag("member"), Some(member.as_str()), "{:?}", argv);
-                }
+            if (call.command.starts_with("run ") || call.command.starts_with("projects"))
+                && carried(&c.sa)
+            {
+                let member = flag("member").unwrap_or_default();
+                prop_assert!(
+                    sas.iter()
+                        .any(|sa| member == format!("serviceAccount:{sa}")),
+                    "{:?}",
+                    argv
+                );
             }
         }
         Ok(())
     }
 
     proptest! {
-        // Each case starts bash once: 64 cases run in a few seconds.
+        // Each case starts bash once, for some 70 fixes: 64 cases run in seconds.
         #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
 
         #[test]
