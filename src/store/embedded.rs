@@ -636,4 +636,37 @@ mod tests {
         let err = EmbeddedStore::open(dir.path(), 10).err().expect("refused");
         assert!(err.to_string().contains(FILE_NAME), "{err}");
     }
+
+    #[test]
+    fn an_incident_stored_for_a_job_the_grammar_refuses_is_left_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path(), 1000).unwrap();
+        let lines = seed_lines();
+        let first_success = lines
+            .iter()
+            .position(|l| l.contains("URL_CRAWLED"))
+            .unwrap();
+        feed(&mut pipeline(), &store, &lines[..first_success]);
+        // A version that took any label stored the same incident for a forged job id.
+        let tx = store.db.begin_write().unwrap();
+        {
+            let mut incidents = tx.open_table(INCIDENTS).unwrap();
+            let (name, value) = {
+                let (k, v) = incidents.iter().unwrap().next().unwrap().unwrap();
+                (
+                    k.value().to_owned(),
+                    String::from_utf8(v.value().to_vec()).unwrap(),
+                )
+            };
+            let forged_name = name.replace("commit-worker", "x\n# forged");
+            let forged = value.replace("commit-worker", "x\\n# forged");
+            incidents
+                .insert(forged_name.as_str(), forged.as_bytes())
+                .unwrap();
+        }
+        tx.commit().unwrap();
+        let state = store.load().expect("starts");
+        assert_eq!(state.incidents.len(), 1);
+        assert_eq!(state.incidents[0].0.job_id(), "commit-worker");
+    }
 }
