@@ -148,9 +148,9 @@ pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The longest `timeout` accepted: past that, retrying later is better than waiting.
 const MAX_TIMEOUT: Duration = Duration::from_secs(300);
 
-/// How much of an answer's body is read: error reasons quote [`MAX_QUOTED`] bytes of it, and
-/// secrets are redacted before that cut, in all that was read (more than the quote, so that
-/// redaction, which shortens, still leaves a whole quote).
+/// How much of an answer's body is read: secrets are redacted in all of it before the quote is
+/// cut to [`MAX_QUOTED`] bytes, so a secret that starts inside the quote is found whole, even
+/// encoded three times over (up to 9 bytes a character); reading more would only be thrown away.
 pub const ANSWER_BYTES: usize = 4096;
 
 pub(crate) fn default_timeout() -> Duration {
