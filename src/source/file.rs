@@ -170,6 +170,8 @@ fn documents<R: Read>(input: &mut Input<R>, feed: &mut Feed<'_>) -> Result<(), F
 fn array<R: Read>(input: &mut Input<R>, feed: &mut Feed<'_>) -> Result<bool, FileError> {
     let opened_at = input.offset();
     input.consume(1);
+    // What the sort holds: decoded attempts, a few hundred bytes each (the details are kept
+    // for failures only), never the array's text.
     let mut attempts: Vec<Attempt> = Vec::new();
     let mut decoded: Vec<Decoded> = Vec::new();
     let mut elements: u64 = 0;
