@@ -7,8 +7,8 @@
 //! - NDJSON goes line by line. A line that is not JSON is one counted skip, and reading goes on
 //!   at the next newline; a line longer than [`MAX_ENTRY_BYTES`] is dropped as it streams past.
 //! - A JSON array goes element by element. Each element's end is found by counting brackets
-//!   outside strings ([`Scan`]), so a `too_large` element is dropped as it streams past, never
-//!   held. The elements are decoded as they come and only the [`Attempt`]s are kept, to be
+//!   outside strings, so a `too_large` element is dropped as it streams past, never held.
+//!   The elements are decoded as they come and only the [`Attempt`]s are kept, to be
 //!   processed in timestamp order once the array closes (gcloud prints newest first; CONTRACT
 //!   section 1). An array that breaks (an interrupted export) keeps what it has: the entries
 //!   before the break are processed, and the rest is one counted skip with a warning that says
