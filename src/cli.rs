@@ -35,7 +35,9 @@ pub enum Command {
     Replay(ReplayArgs),
     /// Checks job configs before anything fails; exit 1 when any job has a finding.
     Audit(AuditArgs),
-    /// Validates a config file and says what is wrong, with the line.
+    /// Validates a config file and says what is wrong, with the line: every key, every range,
+    /// and every secret it names (read as `run` will, never printed; `--no-secrets` skips
+    /// them).
     CheckConfig(CheckConfigArgs),
     /// Sends a sample alert (the commit-worker case) to one receiver, to check its wiring.
     SendTest(SendTestArgs),
@@ -114,6 +116,10 @@ pub struct AuditArgs {
 pub struct CheckConfigArgs {
     /// The config file.
     pub file: PathBuf,
+    /// Do not read the secrets the config names (environment variables, files): for the CI of
+    /// a config repository, where they are not. Everything else is checked.
+    #[arg(long)]
+    pub no_secrets: bool,
 }
 
 /// `schedwatch send-test`.

@@ -7,6 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use schedwatch_sinks::SecretRef;
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
@@ -309,9 +310,6 @@ impl Loaded {
                 return Err(self.error_at(self.find("[source.push]").or(Some(push.span())), e));
             }
         }
-        if let Err(e) = c.server.validate() {
-            return Err(self.error_at(self.find("max_connections"), e));
-        }
         if let Some(sub) = &c.source.subscription {
             if !is_subscription_name(sub.get_ref()) {
                 return Err(self.error_at(
@@ -320,28 +318,6 @@ impl Loaded {
                 ));
             }
         }
-        if c.source.streams == 0
-            || c.source.max_outstanding_messages < 1
-            || c.source.max_outstanding_bytes < 1
-        {
-            return Err(self.error_at(
-                self.find("streams").or(self.find("max_outstanding")),
-                "source.streams and source.max_outstanding_* must be at least 1".into(),
-            ));
-        }
-        if !(10..=600).contains(&c.source.lease_extension.as_secs()) {
-            return Err(self.error_at(
-                self.find("lease_extension"),
-                "source.lease_extension must be between 10s and 10m (Pub/Sub's ack deadline range)"
-                    .into(),
-            ));
-        }
-        if c.state.commit_max_messages == 0 || c.state.commit_interval.is_zero() {
-            return Err(self.error_at(
-                self.find("commit_"),
-                "state.commit_interval and state.commit_max_messages must be above 0".into(),
-            ));
-        }
         if let Some(pg) = &c.state.postgres {
             if pg.url.is_none() {
                 return Err(self.error_at(
@@ -349,46 +325,8 @@ impl Loaded {
                     "[state.postgres] needs `url = { env = \"VAR\" }` or `{ file = \"PATH\" }`: postgres://USER@HOST:PORT/DATABASE".into(),
                 ));
             }
-            if pg.pool_size == 0 || pg.outbox_lease < Duration::from_secs(5) {
-                return Err(self.error_at(
-                    self.find("pool_size").or(self.find("outbox_lease")),
-                    "state.postgres.pool_size must be at least 1 and outbox_lease at least 5s"
-                        .into(),
-                ));
-            }
         }
-        if c.incidents.min_failures == 0 {
-            return Err(self.error_at(
-                self.find("min_failures"),
-                "incidents.min_failures must be at least 1".into(),
-            ));
-        }
-        if c.incidents.repeat_interval.is_zero() {
-            return Err(self.error_at(
-                self.find("repeat_interval"),
-                "incidents.repeat_interval must be longer than 0s, e.g. \"4h\"".into(),
-            ));
-        }
-        // Past ten years nothing is pending any more; ten million jobs are ~4.5 GiB of state.
-        let (expiry, cap) = (c.incidents.pending_expiry, c.incidents.max_tracked_jobs);
-        if expiry < Duration::from_secs(60) || expiry > Duration::from_secs(3650 * 86400) {
-            return Err(self.error_at(
-                self.find("pending_expiry"),
-                "incidents.pending_expiry must be from 1m to 3650d; longer than your slowest job's period, e.g. \"48h\"".into(),
-            ));
-        }
-        if cap == 0 || cap > 10_000_000 {
-            return Err(self.error_at(
-                self.find("max_tracked_jobs"),
-                "incidents.max_tracked_jobs must be from 1 to 10000000, e.g. 100000".into(),
-            ));
-        }
-        if c.dedup.capacity == 0 {
-            return Err(self.error_at(
-                self.find("capacity"),
-                "dedup.capacity must be at least 1".into(),
-            ));
-        }
+        self.check_ranges()?;
         let known: std::collections::HashSet<&str> =
             c.receivers.iter().map(|r| r.name.as_str()).collect();
         for route in &c.routes {
@@ -440,6 +378,233 @@ impl Loaded {
         Ok(())
     }
 
+    /// Every duration and size against its [`Limit`]: one table, so a key added to a section
+    /// is added here with its range, and `check-config` and every command check the same.
+    fn check_ranges(&self) -> Result<(), ConfigError> {
+        let c = &self.config;
+        let s = &c.source;
+        self.within("source.streams", s.streams, &STREAMS)?;
+        self.within(
+            "source.max_outstanding_messages",
+            s.max_outstanding_messages,
+            &OUTSTANDING_MESSAGES,
+        )?;
+        self.within(
+            "source.max_outstanding_bytes",
+            s.max_outstanding_bytes,
+            &OUTSTANDING_BYTES,
+        )?;
+        self.within(
+            "source.lease_extension",
+            s.lease_extension,
+            &LEASE_EXTENSION,
+        )?;
+        let api = &c.scheduler_api;
+        self.within("scheduler_api.cache_ttl", api.cache_ttl, &CACHE_TTL)?;
+        self.within("scheduler_api.error_ttl", api.error_ttl, &ERROR_TTL)?;
+        self.within("scheduler_api.timeout", api.timeout, &API_TIMEOUT)?;
+        let rules = &c.incidents;
+        self.within("incidents.min_failures", rules.min_failures, &MIN_FAILURES)?;
+        self.within(
+            "incidents.repeat_interval",
+            rules.repeat_interval,
+            &REPEAT_INTERVAL,
+        )?;
+        self.within(
+            "incidents.pending_expiry",
+            rules.pending_expiry,
+            &PENDING_EXPIRY,
+        )?;
+        self.within(
+            "incidents.max_tracked_jobs",
+            rules.max_tracked_jobs,
+            &MAX_TRACKED_JOBS,
+        )?;
+        self.within("dedup.capacity", c.dedup.capacity, &DEDUP_CAPACITY)?;
+        self.within(
+            "server.max_connections",
+            c.server.max_connections,
+            &MAX_CONNECTIONS,
+        )?;
+        let state = &c.state;
+        self.within(
+            "state.unhealthy_after",
+            state.unhealthy_after,
+            &UNHEALTHY_AFTER,
+        )?;
+        self.within(
+            "state.commit_interval",
+            state.commit_interval,
+            &COMMIT_INTERVAL,
+        )?;
+        self.within(
+            "state.commit_max_messages",
+            state.commit_max_messages,
+            &COMMIT_MAX_MESSAGES,
+        )?;
+        self.within(
+            "state.shutdown_timeout",
+            state.shutdown_timeout,
+            &SHUTDOWN_TIMEOUT,
+        )?;
+        if let Some(pg) = &state.postgres {
+            self.within("state.postgres.pool_size", pg.pool_size, &POOL_SIZE)?;
+            self.within(
+                "state.postgres.dedup_retention",
+                pg.dedup_retention,
+                &DEDUP_RETENTION,
+            )?;
+            self.within(
+                "state.postgres.outbox_lease",
+                pg.outbox_lease,
+                &OUTBOX_LEASE,
+            )?;
+        }
+        for (n, r) in c.receivers.iter().enumerate() {
+            let timeouts = [
+                ("slack", r.slack.as_ref().map(|k| k.timeout)),
+                ("webhook", r.webhook.as_ref().map(|k| k.timeout)),
+                ("pagerduty", r.pagerduty.as_ref().map(|k| k.timeout)),
+                ("email", r.email.as_ref().map(|k| k.timeout)),
+            ];
+            for (kind, timeout) in timeouts {
+                if let Some(t) = timeout {
+                    self.within(
+                        &format!("receivers.{n}.{kind}.timeout"),
+                        t,
+                        &RECEIVER_TIMEOUT,
+                    )?;
+                }
+            }
+        }
+        for (n, route) in c.routes.iter().enumerate() {
+            if let Some(every) = route.repeat_interval {
+                self.within(
+                    &format!("routes.{n}.repeat_interval"),
+                    every,
+                    &REPEAT_INTERVAL,
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The one range check: `value`, set at `key` (a dotted path, numbers index arrays of
+    /// tables), must be within `limit`; else an error on the key's line that quotes the value
+    /// as written and gives the range and why.
+    fn within<T: Bounded>(&self, key: &str, value: T, limit: &Limit<T>) -> Result<(), ConfigError> {
+        if limit.min <= value && value <= limit.max {
+            return Ok(());
+        }
+        let located = self.locate(key);
+        let written = match located.as_ref().and_then(|(_, v)| v.clone()) {
+            Some(v) => self.text[v].to_owned(),
+            None => value.spelt(),
+        };
+        let span = located.map(|(k, _)| k);
+        Err(self.error_at(
+            span,
+            format!(
+                "{} = {written}: must be from {} to {} ({})",
+                display_key(key),
+                limit.min.spelt(),
+                limit.max.spelt(),
+                limit.why
+            ),
+        ))
+    }
+
+    /// Where the key at `path` is written: its span, and its value's when the whole path is
+    /// written; else the span of the deepest part that is (a table whose key takes its
+    /// default).
+    fn locate(
+        &self,
+        path: &str,
+    ) -> Option<(std::ops::Range<usize>, Option<std::ops::Range<usize>>)> {
+        use toml::de::{DeTable, DeValue};
+        let doc = DeTable::parse(&self.text).ok()?;
+        let mut parts = path.split('.');
+        let (key, mut at) = doc.get_ref().get_key_value(parts.next()?)?;
+        let mut key_span = key.span();
+        for part in parts {
+            let next = match at.get_ref() {
+                DeValue::Table(t) => t.get_key_value(part).map(|(k, v)| (k.span(), v)),
+                DeValue::Array(a) => part
+                    .parse::<usize>()
+                    .ok()
+                    .and_then(|i| a.get(i))
+                    .map(|v| (v.span(), v)),
+                _ => None,
+            };
+            let Some((span, value)) = next else {
+                return Some((key_span, None));
+            };
+            (key_span, at) = (span, value);
+        }
+        Some((key_span, Some(at.span())))
+    }
+
+    /// Reads every secret the config names (`{ env = … }`, `{ file = … }`), as `run` will,
+    /// without printing any value: an unset or empty variable, or a file that cannot be read or
+    /// is empty, is an error naming it, the receiver and the line. Returns how many were read.
+    pub fn check_secrets(&self) -> Result<usize, ConfigError> {
+        let refs = self.secret_refs();
+        for (key, label, secret) in &refs {
+            if let Err(e) = secret.read() {
+                return Err(
+                    self.error_at(self.locate(key).map(|(k, _)| k), format!("{label}: {e}"))
+                );
+            }
+        }
+        Ok(refs.len())
+    }
+
+    /// Every secret reference: its key's path, how an error names it (with the receiver) and
+    /// where it is read from.
+    fn secret_refs(&self) -> Vec<(String, String, &SecretRef)> {
+        let c = &self.config;
+        let mut out = Vec::new();
+        if let Some(pg) = &c.state.postgres {
+            for (field, r) in [("url", &pg.url), ("password", &pg.password)] {
+                if let Some(r) = r {
+                    let key = format!("state.postgres.{field}");
+                    out.push((key.clone(), key, r));
+                }
+            }
+        }
+        for (n, r) in c.receivers.iter().enumerate() {
+            let name = &r.name;
+            let mut add = |key: String, secret| {
+                let label = format!("receiver {name:?}: {key}");
+                out.push((format!("receivers.{n}.{key}"), label, secret));
+            };
+            if let Some(k) = &r.slack {
+                add("slack.webhook_url".into(), &k.webhook_url);
+            }
+            if let Some(k) = &r.webhook {
+                add("webhook.url".into(), &k.url);
+                if let Some(s) = &k.signing_secret {
+                    add("webhook.signing_secret".into(), s);
+                }
+                for (header, s) in &k.secret_headers {
+                    add(format!("webhook.secret_headers.{header}"), s);
+                }
+            }
+            if let Some(k) = &r.pagerduty {
+                add("pagerduty.routing_key".into(), &k.routing_key);
+            }
+            if let Some(k) = &r.email {
+                if let Some(schedwatch_sinks::email::Username::Secret(s)) = &k.username {
+                    add("email.username".into(), s);
+                }
+                if let Some(s) = &k.password {
+                    add("email.password".into(), s);
+                }
+            }
+        }
+        out
+    }
+
     /// The span of the first line mentioning `needle`, for errors about values that carry no span.
     fn find(&self, needle: &str) -> Option<std::ops::Range<usize>> {
         self.text.find(needle).map(|i| i..i + needle.len())
@@ -454,6 +619,223 @@ impl Loaded {
         }
     }
 }
+
+/// `receivers.0.slack.timeout` as a user reads it: `receivers[0].slack.timeout`.
+fn display_key(path: &str) -> String {
+    let mut out = String::new();
+    for part in path.split('.') {
+        if part.parse::<usize>().is_ok() {
+            out.push_str(&format!("[{part}]"));
+        } else {
+            if !out.is_empty() {
+                out.push('.');
+            }
+            out.push_str(part);
+        }
+    }
+    out
+}
+
+// ---- The range of every duration and size ----
+//
+// Each key a user may set to a length of time or an amount has a range, checked when any
+// command loads the config: a value outside it is a config error on its line, never a panic,
+// an allocation abort or an arithmetic overflow hours later. The ranges are wide enough for any
+// deployment we can think of; the ends say why. Documented in each field's doc comment,
+// config/full.toml and the README's configuration reference.
+
+/// The values a key accepts, both ends included, and why those ends.
+#[derive(Debug, Clone, Copy)]
+pub struct Limit<T> {
+    /// The smallest value accepted.
+    pub min: T,
+    /// The largest value accepted.
+    pub max: T,
+    /// Why those ends (shown in the error).
+    pub why: &'static str,
+}
+
+/// A value a [`Limit`] bounds, spelt as a config writes it.
+pub trait Bounded: PartialOrd + Copy {
+    /// `"30days"`, `500000`.
+    fn spelt(self) -> String;
+}
+
+impl Bounded for Duration {
+    fn spelt(self) -> String {
+        format!("\"{}\"", humantime::format_duration(self))
+    }
+}
+
+macro_rules! bounded_numbers {
+    ($($t:ty),*) => {$(
+        impl Bounded for $t {
+            fn spelt(self) -> String {
+                self.to_string()
+            }
+        }
+    )*};
+}
+bounded_numbers!(usize, u32, i64);
+
+const SECOND: u64 = 1;
+const MINUTE: u64 = 60 * SECOND;
+const HOUR: u64 = 60 * MINUTE;
+const DAY: u64 = 24 * HOUR;
+const MIB: i64 = 1024 * 1024;
+
+const fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+/// `[source] streams`.
+pub const STREAMS: Limit<usize> = Limit {
+    min: 1,
+    max: 16,
+    why:
+        "each is a streaming pull and a task; one stream carries far more than one process decodes",
+};
+
+/// `[source] max_outstanding_messages`, per stream.
+pub const OUTSTANDING_MESSAGES: Limit<i64> = Limit {
+    min: 1,
+    max: 100_000,
+    why: "leased messages wait in memory and are redelivered after a crash; with streams it sizes the processor's queue",
+};
+
+/// `[source] max_outstanding_bytes`, per stream.
+pub const OUTSTANDING_BYTES: Limit<i64> = Limit {
+    min: MIB,
+    max: 1024 * MIB,
+    why: "at least one entry of the largest size read (1 MiB); leased bytes are held in memory",
+};
+
+/// `[source] lease_extension`.
+pub const LEASE_EXTENSION: Limit<Duration> = Limit {
+    min: secs(10 * SECOND),
+    max: secs(10 * MINUTE),
+    why: "Pub/Sub's ack deadline range",
+};
+
+/// `[scheduler_api] cache_ttl`.
+pub const CACHE_TTL: Limit<Duration> = Limit {
+    min: secs(10 * SECOND),
+    max: secs(DAY),
+    why: "shorter costs a call for nearly every failure of a job; a config older than a day may describe a job since fixed",
+};
+
+/// `[scheduler_api] error_ttl`.
+pub const ERROR_TTL: Limit<Duration> = Limit {
+    min: secs(SECOND),
+    max: secs(HOUR),
+    why: "shorter retries a refused look-up for nearly every entry; longer hides a granted role for hours",
+};
+
+/// `[scheduler_api] timeout`.
+pub const API_TIMEOUT: Limit<Duration> = Limit {
+    min: secs(SECOND),
+    max: secs(MINUTE),
+    why: "a look-up holds the entries behind it: past a minute the API is down, not slow",
+};
+
+/// `[incidents] min_failures`.
+pub const MIN_FAILURES: Limit<u32> = Limit {
+    min: 1,
+    max: 10_000,
+    why: "a job retrying every 10 seconds fails about 8,600 times a day: more would never fire",
+};
+
+/// `[incidents] repeat_interval`, and a route's.
+pub const REPEAT_INTERVAL: Limit<Duration> = Limit {
+    min: secs(MINUTE),
+    max: secs(30 * DAY),
+    why: "a job runs at most once a minute, so shorter notifies at nearly every failure; a reminder a month later reminds nobody",
+};
+
+/// `[incidents] pending_expiry`.
+pub const PENDING_EXPIRY: Limit<Duration> = Limit {
+    min: secs(MINUTE),
+    max: secs(3650 * DAY),
+    why: "longer than the slowest job's period, or its repeated failures never add up; past ten years nothing is pending any more",
+};
+
+/// `[incidents] max_tracked_jobs`.
+pub const MAX_TRACKED_JOBS: Limit<usize> = Limit {
+    min: 1,
+    max: 10_000_000,
+    why: "each open incident is held in memory; ten million are about 4.5 GiB",
+};
+
+/// `[server] max_connections`.
+pub const MAX_CONNECTIONS: Limit<usize> = Limit {
+    min: 1,
+    max: 65_536,
+    why: "each connection holds up to 40 KiB before its token is checked: past 64 Ki the bound no longer bounds the memory (2.5 GiB)",
+};
+
+/// `[state] unhealthy_after`.
+pub const UNHEALTHY_AFTER: Limit<Duration> = Limit {
+    min: secs(10 * SECOND),
+    max: secs(DAY),
+    why: "shorter restarts the process for a blip the store reopens from by itself; longer leaves a stuck process serving nothing",
+};
+
+/// `[dedup] capacity`.
+pub const DEDUP_CAPACITY: Limit<usize> = Limit {
+    min: 1_000,
+    max: 10_000_000,
+    why: "fewer forget a redelivery within seconds on a busy feed; two generations of 10 million keys take about 300 MiB, allocated at start",
+};
+
+/// `[state] commit_interval`.
+pub const COMMIT_INTERVAL: Limit<Duration> = Limit {
+    min: Duration::from_millis(1),
+    max: secs(MINUTE),
+    why: "each commit is an fsync; longer delays every alert and ack by as much",
+};
+
+/// `[state] commit_max_messages`.
+pub const COMMIT_MAX_MESSAGES: Limit<usize> = Limit {
+    min: 1,
+    max: 100_000,
+    why: "a batch is held in memory until it commits; more than streams × max_outstanding_messages never gathers",
+};
+
+/// `[state] shutdown_timeout`.
+pub const SHUTDOWN_TIMEOUT: Limit<Duration> = Limit {
+    min: secs(SECOND),
+    max: secs(10 * MINUTE),
+    why: "Cloud Run gives 10s and Kubernetes 30s by default; unacked messages come back after their lease anyway",
+};
+
+/// `[state.postgres] pool_size`.
+pub const POOL_SIZE: Limit<usize> = Limit {
+    min: 1,
+    max: 100,
+    why: "PostgreSQL allows 100 connections by default, shared by every replica",
+};
+
+/// `[state.postgres] dedup_retention`.
+pub const DEDUP_RETENTION: Limit<Duration> = Limit {
+    min: secs(SECOND),
+    max: secs(31 * DAY),
+    why: "Pub/Sub keeps a message at most 31 days, so no redelivery comes later",
+};
+
+/// `[state.postgres] outbox_lease`.
+pub const OUTBOX_LEASE: Limit<Duration> = Limit {
+    min: secs(5 * SECOND),
+    max: secs(HOUR),
+    why: "renewed every lease/3, so shorter is taken over from a live replica under load; longer delays a dead replica's alerts",
+};
+
+/// A receiver's `timeout` (Slack, webhook, PagerDuty, email).
+pub const RECEIVER_TIMEOUT: Limit<Duration> = Limit {
+    min: secs(SECOND),
+    max: secs(5 * MINUTE),
+    why:
+        "a receiver's round trip takes a fraction of a second; past 5m a retry later beats waiting",
+};
 
 fn line_of(text: &str, offset: usize) -> usize {
     text[..offset.min(text.len())]
@@ -505,6 +887,240 @@ mod tests {
         assert_eq!(e.line, Some(2), "{e}");
         let e = parse("[[receivers]]\nname = \"a\"\n").unwrap_err();
         assert!(e.to_string().contains("no destination"), "{e}");
+    }
+
+    /// Each key's range, at both ends: the end itself is accepted, one step past it is an error
+    /// on the key's line that names the key and the range. Each section's defaults pass.
+    #[test]
+    fn every_range_is_checked_at_both_ends_with_the_line() {
+        let durations = |l: &Limit<Duration>| {
+            let ms = |d: Duration| format!("\"{}ms\"", d.as_millis());
+            let step = Duration::from_millis(1);
+            [
+                (ms(l.min), true),
+                (ms(l.min - step), false),
+                (ms(l.max), true),
+                (ms(l.max + step), false),
+            ]
+        };
+        let numbers = |min: i128, max: i128| {
+            [
+                (min.to_string(), true),
+                ((min - 1).to_string(), false),
+                (max.to_string(), true),
+                ((max + 1).to_string(), false),
+            ]
+        };
+        let receiver = |kind: &str, fields: &str| {
+            format!("[[receivers]]\nname = \"r\"\n[receivers.{kind}]\n{fields}\n")
+        };
+        let email =
+            "host = \"smtp.example.com\"\nfrom = \"a@example.com\"\nto = [\"b@example.com\"]";
+        let cases = [
+            (
+                "[source]\n".to_owned(),
+                "streams",
+                numbers(STREAMS.min as i128, STREAMS.max as i128),
+            ),
+            (
+                "[source]\n".to_owned(),
+                "max_outstanding_messages",
+                numbers(
+                    OUTSTANDING_MESSAGES.min.into(),
+                    OUTSTANDING_MESSAGES.max.into(),
+                ),
+            ),
+            (
+                "[source]\n".to_owned(),
+                "max_outstanding_bytes",
+                numbers(OUTSTANDING_BYTES.min.into(), OUTSTANDING_BYTES.max.into()),
+            ),
+            (
+                "[source]\n".to_owned(),
+                "lease_extension",
+                durations(&LEASE_EXTENSION),
+            ),
+            (
+                "[scheduler_api]\n".to_owned(),
+                "cache_ttl",
+                durations(&CACHE_TTL),
+            ),
+            (
+                "[scheduler_api]\n".to_owned(),
+                "error_ttl",
+                durations(&ERROR_TTL),
+            ),
+            (
+                "[scheduler_api]\n".to_owned(),
+                "timeout",
+                durations(&API_TIMEOUT),
+            ),
+            (
+                "[incidents]\n".to_owned(),
+                "min_failures",
+                numbers(MIN_FAILURES.min.into(), MIN_FAILURES.max.into()),
+            ),
+            (
+                "[incidents]\n".to_owned(),
+                "repeat_interval",
+                durations(&REPEAT_INTERVAL),
+            ),
+            (
+                "[incidents]\n".to_owned(),
+                "pending_expiry",
+                durations(&PENDING_EXPIRY),
+            ),
+            (
+                "[incidents]\n".to_owned(),
+                "max_tracked_jobs",
+                numbers(MAX_TRACKED_JOBS.min as i128, MAX_TRACKED_JOBS.max as i128),
+            ),
+            (
+                "[server]\n".to_owned(),
+                "max_connections",
+                numbers(MAX_CONNECTIONS.min as i128, MAX_CONNECTIONS.max as i128),
+            ),
+            (
+                "[state]\n".to_owned(),
+                "unhealthy_after",
+                durations(&UNHEALTHY_AFTER),
+            ),
+            (
+                "[dedup]\n".to_owned(),
+                "capacity",
+                numbers(DEDUP_CAPACITY.min as i128, DEDUP_CAPACITY.max as i128),
+            ),
+            (
+                "[state]\n".to_owned(),
+                "commit_interval",
+                durations(&COMMIT_INTERVAL),
+            ),
+            (
+                "[state]\n".to_owned(),
+                "commit_max_messages",
+                numbers(
+                    COMMIT_MAX_MESSAGES.min as i128,
+                    COMMIT_MAX_MESSAGES.max as i128,
+                ),
+            ),
+            (
+                "[state]\n".to_owned(),
+                "shutdown_timeout",
+                durations(&SHUTDOWN_TIMEOUT),
+            ),
+            (
+                "[state.postgres]\nurl = { env = \"DB\" }\n".to_owned(),
+                "pool_size",
+                numbers(POOL_SIZE.min as i128, POOL_SIZE.max as i128),
+            ),
+            (
+                "[state.postgres]\nurl = { env = \"DB\" }\n".to_owned(),
+                "dedup_retention",
+                durations(&DEDUP_RETENTION),
+            ),
+            (
+                "[state.postgres]\nurl = { env = \"DB\" }\n".to_owned(),
+                "outbox_lease",
+                durations(&OUTBOX_LEASE),
+            ),
+            (
+                receiver("slack", "webhook_url = { env = \"U\" }"),
+                "timeout",
+                durations(&RECEIVER_TIMEOUT),
+            ),
+            (
+                receiver("webhook", "url = { env = \"U\" }"),
+                "timeout",
+                durations(&RECEIVER_TIMEOUT),
+            ),
+            (
+                receiver("pagerduty", "routing_key = { env = \"K\" }"),
+                "timeout",
+                durations(&RECEIVER_TIMEOUT),
+            ),
+            (
+                receiver("email", email),
+                "timeout",
+                durations(&RECEIVER_TIMEOUT),
+            ),
+            (
+                "[[receivers]]\nname = \"r\"\nstdout = {}\n[[routes]]\nreceivers = [\"r\"]\n"
+                    .to_owned(),
+                "repeat_interval",
+                durations(&REPEAT_INTERVAL),
+            ),
+        ];
+        for (section, key, edges) in cases {
+            parse(&section).unwrap_or_else(|e| panic!("{section}: the defaults pass: {e}"));
+            let line = section.lines().count() + 1;
+            for (value, ok) in edges {
+                let text = format!("{section}{key} = {value}\n");
+                match (parse(&text), ok) {
+                    (Ok(_), true) => {}
+                    (Err(e), false) => {
+                        assert_eq!(e.line, Some(line), "{text}: {e}");
+                        let message = e.to_string();
+                        assert!(
+                            message.contains(&format!("{key} = {value}: must be from ")),
+                            "{text}: {message}"
+                        );
+                    }
+                    (got, _) => panic!("{text}: {got:?}"),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn range_errors_quote_the_value_as_written_and_name_the_array_entry() {
+        let e = parse("[incidents]\nrepeat_interval = \"300000years\"\n").unwrap_err();
+        assert_eq!(e.line, Some(2));
+        assert_eq!(
+            e.message,
+            format!(
+                "incidents.repeat_interval = \"300000years\": must be from \"1m\" to \"30days\" ({})",
+                REPEAT_INTERVAL.why
+            )
+        );
+        let e = parse("[[receivers]]\nname = \"a\"\nstdout = {}\n\n[[receivers]]\nname = \"b\"\nwebhook = { url = { env = \"U\" }, timeout = \"6m\" }\n").unwrap_err();
+        assert_eq!(e.line, Some(7), "{e}");
+        assert!(
+            e.message.starts_with(
+                "receivers[1].webhook.timeout = \"6m\": must be from \"1s\" to \"5m\""
+            ),
+            "{e}"
+        );
+        // A huge number is refused, not allocated.
+        let e = parse("[dedup]\ncapacity = 18446744073709551615\n").unwrap_err();
+        assert_eq!(e.line, Some(2), "{e}");
+    }
+
+    #[test]
+    fn secrets_are_read_and_named_never_printed() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("token");
+        std::fs::write(&secret, "hunter2-value\n").unwrap();
+        let text = format!(
+            "[[receivers]]\nname = \"pager\"\n[receivers.pagerduty]\nrouting_key = {{ file = {secret:?} }}\n\n[[receivers]]\nname = \"mail\"\n[receivers.email]\nhost = \"h\"\nfrom = \"a@example.com\"\nto = [\"b@example.com\"]\nusername = {{ env = \"SCHEDWATCH_TEST_UNSET_USER\" }}\npassword = {{ file = {secret:?} }}\n"
+        );
+        let loaded = parse(&text).unwrap();
+        let e = loaded.check_secrets().unwrap_err();
+        assert_eq!(e.line, Some(12), "{e}");
+        assert_eq!(
+            e.message,
+            "receiver \"mail\": email.username: environment variable SCHEDWATCH_TEST_UNSET_USER is unset or empty"
+        );
+        let fixed = text.replace("{ env = \"SCHEDWATCH_TEST_UNSET_USER\" }", "\"plain-user\"");
+        assert_eq!(parse(&fixed).unwrap().check_secrets().unwrap(), 2);
+        std::fs::write(&secret, "  \n").unwrap();
+        let e = parse(&fixed).unwrap().check_secrets().unwrap_err();
+        assert_eq!(e.line, Some(4), "{e}");
+        assert!(
+            e.message
+                .starts_with("receiver \"pager\": pagerduty.routing_key: secret file "),
+            "{e}"
+        );
+        assert!(!e.to_string().contains("hunter2"), "{e}");
     }
 
     #[test]

@@ -62,23 +62,6 @@ impl Default for ServerConfig {
     }
 }
 
-/// The most connections `[server] max_connections` may allow: past this, the bound no longer
-/// bounds the memory (64 Ki × 40 KiB is 2.5 GiB).
-const MAX_CONNECTIONS: usize = 65_536;
-
-impl ServerConfig {
-    /// Whether the values are in range.
-    pub fn validate(&self) -> Result<(), String> {
-        if !(1..=MAX_CONNECTIONS).contains(&self.max_connections) {
-            return Err(format!(
-                "server.max_connections = {} is out of range: 1 to {MAX_CONNECTIONS}",
-                self.max_connections
-            ));
-        }
-        Ok(())
-    }
-}
-
 /// The address to serve on: the command line, the config, then `PORT` (`0.0.0.0:$PORT`);
 /// push mode needs a server, so it falls back to `0.0.0.0:8080`.
 pub fn listen_address(

@@ -329,7 +329,7 @@ impl Incidents {
         };
         let transition = match incident.notified_at {
             None if incident.count >= needed => Transition::Firing,
-            Some(last) if incident.fired && at >= last + rules.repeat_interval => {
+            Some(last) if incident.fired && at >= later_by(last, rules.repeat_interval) => {
                 Transition::Repeat
             }
             _ => Transition::None,
@@ -360,6 +360,16 @@ impl Incidents {
         };
         Some((transition, incident))
     }
+}
+
+/// `at` plus `interval`, or the last instant chrono holds when the sum lies beyond it. Event
+/// times come from log entries and intervals from the config: together they must never make the
+/// pipeline panic (`DateTime + Duration` does on overflow), only never reach the later time.
+pub fn later_by(at: DateTime<Utc>, interval: Duration) -> DateTime<Utc> {
+    chrono::TimeDelta::from_std(interval)
+        .ok()
+        .and_then(|d| at.checked_add_signed(d))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
 
 fn incident_id(job: &JobKey, first_key: u128) -> String {
@@ -652,6 +662,53 @@ mod tests {
         }
         assert!(evicted(&mut inc).is_empty());
         assert!(inc.get(&job_n(3)).unwrap().fired);
+    }
+
+    /// Issue 13: a repeat check at the edge of the calendar (`300000years`, or an event time
+    /// near chrono's end) panicked with "`DateTime + TimeDelta` overflowed".
+    #[test]
+    fn repeat_arithmetic_saturates_at_the_end_of_time() {
+        let end = DateTime::<Utc>::MAX_UTC;
+        let huge = Duration::from_secs(300_000 * 366 * 86_400);
+        assert_eq!(later_by(t(0), huge), end);
+        assert_eq!(later_by(end, Duration::from_secs(1)), end);
+        assert_eq!(later_by(end, Duration::MAX), end);
+        assert_eq!(later_by(t(0), Duration::from_secs(60)), t(1));
+
+        for (start, interval) in [
+            (t(0), huge),
+            (t(0), Duration::MAX),
+            (
+                end - chrono::Duration::hours(1),
+                Duration::from_secs(4 * 3600),
+            ),
+        ] {
+            let mut inc = Incidents::new(IncidentRules {
+                repeat_interval: interval,
+                ..Default::default()
+            });
+            let d = diag(Code::MissingAuthToken);
+            assert_eq!(
+                inc.failure(&job(), fail(start), d.clone(), 1).0,
+                Transition::Firing
+            );
+            // Never a repeat, and above all no panic, however late the next failure.
+            assert_eq!(
+                inc.failure(
+                    &job(),
+                    fail(start + chrono::Duration::minutes(30)),
+                    d.clone(),
+                    2
+                )
+                .0,
+                Transition::None
+            );
+            assert_eq!(
+                inc.failure(&job(), fail(end - chrono::Duration::seconds(1)), d, 3)
+                    .0,
+                Transition::None
+            );
+        }
     }
 
     #[test]

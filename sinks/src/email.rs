@@ -129,7 +129,7 @@ pub struct EmailConfig {
     #[serde(default)]
     pub cc: Vec<String>,
     /// The longest one send may take, from connecting to the server's last reply, as `"10s"`,
-    /// `"1m30s"` or `"500ms"` (the same `timeout` as every HTTP sink). Default 10 s.
+    /// `"1m30s"` or `"1500ms"` (the same `timeout` as every HTTP sink), 1s to 5m. Default 10 s.
     #[serde(
         default = "default_timeout",
         deserialize_with = "crate::delivery::deserialize_timeout"
@@ -857,7 +857,7 @@ mod tests {
             "a password is never inline"
         );
         assert!(with("security", "ssl".into()).is_err());
-        assert!(with("timeout", "0s".into()).is_err());
+        assert!(with("timeout", "10 s".into()).is_err());
         assert!(with("timeout", "ten".into()).is_err());
     }
 

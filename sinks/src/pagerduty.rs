@@ -73,7 +73,7 @@ pub struct PagerDutyConfig {
     /// `warning`): `{ "oidc-token-for-google-api" = "critical" }`.
     #[serde(default)]
     pub severity_by_code: BTreeMap<String, Severity>,
-    /// How long one attempt may take: `"10s"`, `"500ms"`. Default 10 s.
+    /// How long one attempt may take: `"10s"`, `"1500ms"`, 1s to 5m. Default 10 s.
     #[serde(default = "default_timeout", deserialize_with = "deserialize_timeout")]
     pub timeout: Duration,
 }

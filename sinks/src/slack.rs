@@ -74,7 +74,7 @@ pub struct SlackConfig {
     /// The incoming webhook URL (`https://hooks.slack.com/services/…`). A secret: anyone with it
     /// can post to the channel.
     pub webhook_url: SecretRef,
-    /// How long one attempt may take: `"10s"`, `"500ms"`. Default 10 s.
+    /// How long one attempt may take: `"10s"`, `"1500ms"`, 1s to 5m. Default 10 s.
     #[serde(default = "default_timeout", deserialize_with = "deserialize_timeout")]
     pub timeout: Duration,
 }

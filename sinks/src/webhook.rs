@@ -68,7 +68,7 @@ pub struct WebhookConfig {
     #[serde(default)]
     pub secret_headers: BTreeMap<String, SecretRef>,
     /// How long one attempt may take, from connecting to the answer's status: `"10s"`,
-    /// `"500ms"`, `"1m"`. Default 10 s.
+    /// `"1500ms"`, `"1m"`, 1s to 5m. Default 10 s.
     #[serde(default = "default_timeout", deserialize_with = "deserialize_timeout")]
     pub timeout: Duration,
 }

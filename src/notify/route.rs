@@ -124,7 +124,9 @@ impl Router {
                     route.send_resolved
                 }
                 EventKind::Repeat => match (route.repeat_interval, self.last_sent.get(&key)) {
-                    (Some(every), Some(last)) => alert.failure.last_at >= *last + every,
+                    (Some(every), Some(last)) => {
+                        alert.failure.last_at >= crate::incidents::later_by(*last, every)
+                    }
                     _ => true,
                 },
                 EventKind::Firing => true,

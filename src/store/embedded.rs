@@ -648,7 +648,7 @@ mod tests {
             .unwrap();
         feed(&mut pipeline(), &store, &lines[..first_success]);
         // A version that took any label stored the same incident for a forged job id.
-        let tx = store.db.begin_write().unwrap();
+        let tx = store.db().unwrap().begin_write().unwrap();
         {
             let mut incidents = tx.open_table(INCIDENTS).unwrap();
             let (name, value) = {

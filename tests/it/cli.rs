@@ -9,7 +9,8 @@ fn every_bundled_config_passes_check_config() {
     for entry in std::fs::read_dir(common::root().join("config")).unwrap() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|x| x == "toml") {
-            let out = run(&["check-config", path.to_str().unwrap()]);
+            // Their secrets are not on this machine (check_config_reads_every_secret_… reads them).
+            let out = run(&["check-config", "--no-secrets", path.to_str().unwrap()]);
             assert!(out.status.success(), "{}: {}", path.display(), stderr(&out));
             assert!(String::from_utf8_lossy(&out.stdout).contains(": ok"));
             checked += 1;
@@ -214,7 +215,7 @@ fn the_readme_receivers_example_is_a_valid_config() {
     let block = &section[start..start + section[start..].find("```").unwrap()];
     let dir = tempfile::tempdir().unwrap();
     let cfg = common::write(dir.path(), "receivers.toml", block);
-    let out = run(&["check-config", cfg.to_str().unwrap()]);
+    let out = run(&["check-config", "--no-secrets", cfg.to_str().unwrap()]);
     assert!(out.status.success(), "{}\n{block}", stderr(&out));
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("6 receiver(s)"),
@@ -288,7 +289,7 @@ fn every_toml_block_in_the_readme_is_a_valid_config() {
             receivers = block.to_owned();
         }
         let cfg = common::write(dir.path(), &format!("readme-{n}.toml"), &text);
-        let out = run(&["check-config", cfg.to_str().unwrap()]);
+        let out = run(&["check-config", "--no-secrets", cfg.to_str().unwrap()]);
         assert!(out.status.success(), "{}\n{block}", stderr(&out));
         checked += 1;
     }
@@ -350,4 +351,234 @@ fn replay_into_a_pipe_whose_reader_has_gone_exits_1() {
         "{err}"
     );
     assert!(!err.contains("alerts sent"), "{err}");
+}
+
+/// A config for `run` over the demo (file source, inventory) with `extra` appended.
+fn demo_config(dir: &std::path::Path, extra: &str) -> std::path::PathBuf {
+    let demo = common::root().join("config/demo");
+    common::write(
+        dir,
+        "c.toml",
+        format!(
+            "[source]\npath = {:?}\n\n[jobs]\ninventory = {:?}\n\n{extra}",
+            demo.join("logs.ndjson"),
+            demo.join("jobs")
+        ),
+    )
+}
+
+/// Issue 13: `repeat_interval = "300000years"` passed check-config, then the first repeat check
+/// panicked (`DateTime + Duration` overflowed); in push mode the redelivered message crashed it
+/// again. Now every command refuses the config before reading a single entry.
+#[test]
+fn an_absurd_repeat_interval_is_a_config_error_for_every_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = demo_config(
+        dir.path(),
+        "[incidents]\nrepeat_interval = \"300000years\"\n",
+    );
+    let cfg = cfg.to_str().unwrap();
+    let logs = common::root().join("config/demo/logs.ndjson");
+    for args in [
+        vec!["check-config", cfg],
+        vec!["replay", "--config", cfg, logs.to_str().unwrap()],
+        vec!["run", "--config", cfg],
+        vec!["audit", "--config", cfg],
+    ] {
+        let out = run(&args);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert!(err.contains("c.toml:8:"), "{args:?} names the line: {err}");
+        assert!(
+            err.contains("incidents.repeat_interval = \"300000years\"")
+                && err.contains("must be from \"1m\" to \"30days\""),
+            "{args:?} says what to change: {err}"
+        );
+        assert!(out.stdout.is_empty(), "{args:?}: nothing was processed");
+    }
+}
+
+/// Issue 13: a huge `[dedup] capacity` aborted on allocation.
+#[test]
+fn a_huge_dedup_capacity_is_a_config_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = demo_config(dir.path(), "[dedup]\ncapacity = 1000000000000\n");
+    let cfg = cfg.to_str().unwrap();
+    for args in [
+        vec!["check-config", cfg],
+        vec!["run", "--config", cfg],
+        vec!["replay", "--config", cfg, "-"],
+    ] {
+        let out = run(&args);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(
+            err.contains("c.toml:8: dedup.capacity = 1000000000000"),
+            "{args:?}: {err}"
+        );
+        assert!(err.contains("10000000"), "{args:?} gives the range: {err}");
+    }
+}
+
+#[test]
+fn range_edges_for_every_command_that_loads_the_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        ("[incidents]\nrepeat_interval = \"1m\"\n", true),
+        ("[incidents]\nrepeat_interval = \"59s\"\n", false),
+        ("[incidents]\nrepeat_interval = \"30days\"\n", true),
+        ("[incidents]\nrepeat_interval = \"30days 1s\"\n", false),
+        ("[dedup]\ncapacity = 10000000\n", true),
+        ("[dedup]\ncapacity = 10000001\n", false),
+        ("[scheduler_api]\ntimeout = \"1m\"\n", true),
+        ("[scheduler_api]\ntimeout = \"61s\"\n", false),
+        (
+            "[[receivers]]\nname = \"hook\"\nwebhook = { url = { env = \"X\" }, timeout = \"5m\" }\n",
+            true,
+        ),
+        (
+            "[[receivers]]\nname = \"hook\"\nwebhook = { url = { env = \"X\" }, timeout = \"999ms\" }\n",
+            false,
+        ),
+    ];
+    for (extra, ok) in cases {
+        let cfg = demo_config(dir.path(), extra);
+        let out = run(&["check-config", "--no-secrets", cfg.to_str().unwrap()]);
+        let err = stderr(&out);
+        if ok {
+            assert_eq!(out.status.code(), Some(0), "{extra}: {err}");
+        } else {
+            assert_eq!(out.status.code(), Some(2), "{extra}: {err}");
+            assert!(err.contains("c.toml:") && err.contains(" to "), "{err}");
+            let out = run(&["replay", "--config", cfg.to_str().unwrap(), "-"]);
+            assert_eq!(out.status.code(), Some(2), "replay, {extra}: {err}");
+        }
+    }
+}
+
+/// Issue 13: check-config said ok for a config whose secret variable was unset, which `run`
+/// then refused. It reads every secret now, unless told `--no-secrets` (CI of a config
+/// repository, where the secrets are not).
+#[test]
+fn check_config_reads_every_secret_unless_told_not_to() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = common::write(dir.path(), "empty-secret", "\n");
+    let key = common::write(dir.path(), "key", "s3cr3t-signing-key\n");
+    let cfg = common::write(
+        dir.path(),
+        "c.toml",
+        format!(
+            "[[receivers]]\nname = \"sre-slack\"\n[receivers.slack]\nwebhook_url = {{ env = \"SCHEDWATCH_TEST_SLACK_URL\" }}\n\n\
+             [[receivers]]\nname = \"ops-hook\"\n[receivers.webhook]\nurl = {{ env = \"SCHEDWATCH_TEST_HOOK_URL\" }}\nsigning_secret = {{ file = {:?} }}\n",
+            key
+        ),
+    );
+    let cfg = cfg.to_str().unwrap();
+    let slack = "https://hooks.slack.com/services/T0/B0/very-secret-token";
+    let hook = "https://hooks.example.com/in/another-secret-token";
+    let check = |args: &[&str], env: &[(&str, &str)]| {
+        let mut cmd = common::bin();
+        cmd.args(args)
+            .env_remove("SCHEDWATCH_TEST_SLACK_URL")
+            .env_remove("SCHEDWATCH_TEST_HOOK_URL")
+            .envs(env.iter().copied())
+            .stdin(std::process::Stdio::null());
+        let out = cmd.output().unwrap();
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
+        for secret in [slack, hook, "s3cr3t-signing-key", "very-secret-token"] {
+            assert!(
+                !text.contains(secret),
+                "a secret's value was printed: {text}"
+            );
+        }
+        (out.status.code(), text)
+    };
+
+    // The variable unset: exit 2, naming it, the receiver and the line.
+    let (code, text) = check(
+        &["check-config", cfg],
+        &[("SCHEDWATCH_TEST_HOOK_URL", hook)],
+    );
+    assert_eq!(code, Some(2), "{text}");
+    assert!(
+        text.contains("c.toml:4:")
+            && text.contains("\"sre-slack\"")
+            && text.contains("SCHEDWATCH_TEST_SLACK_URL"),
+        "{text}"
+    );
+    assert!(
+        text.contains("--no-secrets"),
+        "says how to skip them: {text}"
+    );
+    // The same config in CI, without the secrets: ok.
+    let (code, text) = check(&["check-config", "--no-secrets", cfg], &[]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains(": ok") && text.contains("--no-secrets"),
+        "{text}"
+    );
+    // Every secret there: ok, and it says they were read.
+    let both = [
+        ("SCHEDWATCH_TEST_SLACK_URL", slack),
+        ("SCHEDWATCH_TEST_HOOK_URL", hook),
+    ];
+    let (code, text) = check(&["check-config", cfg], &both);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("3 secret(s) read"), "{text}");
+    // A value run would refuse (not a URL) is refused here too, without printing it.
+    let (code, text) = check(
+        &["check-config", cfg],
+        &[
+            ("SCHEDWATCH_TEST_SLACK_URL", "very-secret-token"),
+            ("SCHEDWATCH_TEST_HOOK_URL", hook),
+        ],
+    );
+    assert_eq!(code, Some(2), "{text}");
+    assert!(
+        text.contains("\"sre-slack\"") && text.contains("URL"),
+        "{text}"
+    );
+
+    // A secret file that cannot be read (a folder, a missing file) or is empty: exit 2, naming
+    // the file and the receiver.
+    let folder = dir.path().to_str().unwrap().to_owned();
+    let missing = dir.path().join("no-such-file");
+    for file in [
+        folder.as_str(),
+        missing.to_str().unwrap(),
+        empty.to_str().unwrap(),
+    ] {
+        let text = std::fs::read_to_string(cfg)
+            .unwrap()
+            .replace(key.to_str().unwrap(), file);
+        let bad = common::write(dir.path(), "bad.toml", text);
+        let (code, text) = check(&["check-config", bad.to_str().unwrap()], &both);
+        assert_eq!(code, Some(2), "{file}: {text}");
+        assert!(
+            text.contains("bad.toml:10:") && text.contains("\"ops-hook\"") && text.contains(file),
+            "{file}: {text}"
+        );
+    }
+}
+
+#[test]
+fn check_config_reads_the_database_secrets_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = common::write(
+        dir.path(),
+        "c.toml",
+        "[state.postgres]\nurl = { env = \"SCHEDWATCH_TEST_DB_URL\" }\n",
+    );
+    let out = common::bin()
+        .args(["check-config", cfg.to_str().unwrap()])
+        .env_remove("SCHEDWATCH_TEST_DB_URL")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("c.toml:2:") && stderr(&out).contains("SCHEDWATCH_TEST_DB_URL"),
+        "{}",
+        stderr(&out)
+    );
 }
