@@ -57,14 +57,15 @@ pub struct SourceConfig {
     pub subscription: Option<Spanned<String>>,
     /// `[source.push]`: Pub/Sub pushes to `POST /pubsub/push` instead.
     pub push: Option<Spanned<crate::source::push::PushConfig>>,
-    /// Streaming pulls held open at once.
+    /// Streaming pulls held open at once, 1 to 16 ([`STREAMS`]).
     pub streams: usize,
-    /// Messages leased and not yet acked, per stream.
+    /// Messages leased and not yet acked, per stream, 1 to 100,000 ([`OUTSTANDING_MESSAGES`]).
     pub max_outstanding_messages: i64,
-    /// Bytes leased and not yet acked, per stream.
+    /// Bytes leased and not yet acked, per stream, 1 MiB to 1 GiB ([`OUTSTANDING_BYTES`]).
     pub max_outstanding_bytes: i64,
     /// How far each lease extension reaches: after a crash, Pub/Sub redelivers the messages
-    /// the process held this long after its last extension (10 s to 10 min).
+    /// the process held this long after its last extension (10 s to 10 min,
+    /// [`LEASE_EXTENSION`]).
     #[serde(with = "humantime_serde")]
     pub lease_extension: std::time::Duration,
     /// The Pub/Sub endpoint (`PUBSUB_EMULATOR_HOST` wins when set).
@@ -119,7 +120,7 @@ pub struct JobsConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct DedupConfig {
     /// Entries remembered to drop duplicates: at least this many, at most twice as many
-    /// (16 bytes each, plus the table).
+    /// (16 bytes each, plus the table); 1,000 to 10,000,000 ([`DEDUP_CAPACITY`]).
     pub capacity: usize,
 }
 

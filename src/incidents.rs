@@ -25,11 +25,13 @@ use crate::JobKey;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct IncidentRules {
-    /// Auth failures that make an incident fire when nothing confirms the cause.
+    /// Auth failures that make an incident fire when nothing confirms the cause, 1 to 10,000
+    /// ([`crate::config::MIN_FAILURES`]).
     pub min_failures: u32,
     /// Fire at the first failure when the job's own config confirms the cause.
     pub fire_on_confirmed: bool,
-    /// While failing, notify again once a failure is this long after the last notification.
+    /// While failing, notify again once a failure is this long after the last notification,
+    /// 1 min to 30 days ([`crate::config::REPEAT_INTERVAL`]).
     #[serde(with = "humantime_serde")]
     pub repeat_interval: Duration,
     /// An incident that has not fired ends silently when an entry arrives this long (event

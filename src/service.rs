@@ -58,13 +58,16 @@ pub struct StateConfig {
     /// The folder of the embedded store (`schedwatch.redb`).
     pub dir: PathBuf,
     /// A batch is committed this long after its first message at the latest: the durability
-    /// window, and the latency a commit adds to an alert.
+    /// window, and the latency a commit adds to an alert. 1 ms to 1 min
+    /// ([`crate::config::COMMIT_INTERVAL`]).
     #[serde(with = "humantime_serde")]
     pub commit_interval: Duration,
-    /// A batch is committed at this many messages at the latest.
+    /// A batch is committed at this many messages at the latest, 1 to 100,000
+    /// ([`crate::config::COMMIT_MAX_MESSAGES`]).
     pub commit_max_messages: usize,
     /// On SIGTERM, how long in-flight work may take before the process exits anyway (Cloud
-    /// Run's grace period is 10 s). Messages not acked by then come back.
+    /// Run's grace period is 10 s). Messages not acked by then come back. 1 s to 10 min
+    /// ([`crate::config::SHUTDOWN_TIMEOUT`]).
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
     /// How long the embedded store may keep failing (a full disk, I/O errors: it is reopened

@@ -85,14 +85,16 @@ pub struct SchedulerApiConfig {
     /// Send no credentials (for a local fake or emulator). Otherwise Application Default
     /// Credentials are used.
     pub anonymous: bool,
-    /// How long a fetched job config is trusted.
+    /// How long a fetched job config is trusted, 10 s to 1 day
+    /// ([`crate::config::CACHE_TTL`]).
     #[serde(with = "humantime_serde")]
     pub cache_ttl: Duration,
     /// How long a failed look-up — and a location's listing, for the jobs it lacks — is
-    /// remembered before the API is asked again.
+    /// remembered before the API is asked again, 1 s to 1 h ([`crate::config::ERROR_TTL`]).
     #[serde(with = "humantime_serde")]
     pub error_ttl: Duration,
-    /// The deadline of one call, and the longest a batch waits for the API.
+    /// The deadline of one call, and the longest a batch waits for the API, 1 s to 1 min
+    /// ([`crate::config::API_TIMEOUT`]).
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
 }

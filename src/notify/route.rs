@@ -27,7 +27,8 @@ pub struct RouteConfig {
     /// Keep trying the next routes after this one matched.
     #[serde(default, rename = "continue")]
     pub continue_matching: bool,
-    /// Repeats for one incident go to this route at most this often.
+    /// Repeats for one incident go to this route at most this often, 1 min to 30 days
+    /// ([`crate::config::REPEAT_INTERVAL`]).
     #[serde(default, with = "humantime_serde")]
     pub repeat_interval: Option<Duration>,
     /// Whether resolved alerts go to this route (default true).

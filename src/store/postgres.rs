@@ -44,18 +44,19 @@ pub struct PostgresConfig {
     pub url: Option<SecretRef>,
     /// The password, from env or a file.
     pub password: Option<SecretRef>,
-    /// Connections per replica.
+    /// Connections per replica, 1 to 100 ([`crate::config::POOL_SIZE`]).
     pub pool_size: usize,
     /// `disable` (a Cloud SQL Auth Proxy or connector on localhost), or `require`: TLS,
     /// verifying the server against the system's roots or `ca_file`.
     pub tls: TlsMode,
     /// A PEM file of the CA to trust for `tls = "require"` (Cloud SQL's server CA).
     pub ca_file: Option<std::path::PathBuf>,
-    /// Dedup keys are kept this long: a redelivery later than this counts again.
+    /// Dedup keys are kept this long: a redelivery later than this counts again. 1 s to 31 days
+    /// ([`crate::config::DEDUP_RETENTION`]).
     #[serde(with = "humantime_serde")]
     pub dedup_retention: Duration,
     /// An outbox row leased to a replica is taken over by another this long after the lease's
-    /// last renewal (the replica died).
+    /// last renewal (the replica died). 5 s to 1 h ([`crate::config::OUTBOX_LEASE`]).
     #[serde(with = "humantime_serde")]
     pub outbox_lease: Duration,
 }
