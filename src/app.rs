@@ -285,6 +285,19 @@ pub fn audit(args: AuditArgs) -> anyhow::Result<ExitCode> {
     let diagnoser = Diagnoser::new(&config.runbook.base_url);
     let (jobs, source) = match (&args.project, &args.location) {
         (Some(project), Some(location)) => {
+            // They become an API path: only names Cloud Scheduler could have.
+            if !crate::is_project_id(project) {
+                return Err(usage(format!(
+                    "--project '{}' is not a project id (6 to 30 lower-case letters, digits and hyphens, or DOMAIN:ID)",
+                    schedwatch_sinks::escape::line(project)
+                )));
+            }
+            if !crate::is_location(location) {
+                return Err(usage(format!(
+                    "--location '{}' is not a location such as us-central1",
+                    schedwatch_sinks::escape::line(location)
+                )));
+            }
             let runtime = Runtime::new();
             let api_config = SchedulerApiConfig {
                 enabled: true,
@@ -322,46 +335,13 @@ pub fn audit(args: AuditArgs) -> anyhow::Result<ExitCode> {
         }
     };
     let mut any = false;
-    let mut out = io::stdout().lock();
-    for job in &jobs {
-        let findings = diagnoser.audit(job, source);
-        any |= !findings.is_empty();
-        let key = &job.key;
-        match args.format {
-            Format::Json => {
-                let line = serde_json::json!({
-                    "job": {"name": key.name(), "project": key.project(), "location": key.location(), "id": key.job_id()},
-                    "findings": findings.iter().map(|d| serde_json::json!({
-                        "code": d.code.as_str(),
-                        "confidence": d.confidence(),
-                        "summary": d.summary,
-                        "fix": {"gcloud": d.fix.gcloud, "terraform": d.fix.terraform},
-                        "runbook_url": diagnoser.runbook_url(d.code),
-                    })).collect::<Vec<_>>(),
-                });
-                writeln!(out, "{line}")?;
-            }
-            Format::Text => {
-                if findings.is_empty() {
-                    writeln!(out, "ok       {key}")?;
-                }
-                for d in &findings {
-                    writeln!(
-                        out,
-                        "FINDING  {key}  {} ({})\n  {}",
-                        d.code.as_str(),
-                        d.confidence(),
-                        d.summary
-                    )?;
-                    for line in d.fix.gcloud.lines() {
-                        writeln!(out, "    {line}")?;
-                    }
-                    writeln!(out, "  runbook {}", diagnoser.runbook_url(d.code))?;
-                }
-            }
-        }
-    }
-    out.flush()?;
+    // Findings are the command's answer: a stdout that was closed is an error (exit 1), not
+    // an audit that found nothing.
+    let mut out = io::BufWriter::new(crate::notify::deliver::stdout());
+    print_findings(&mut out, &jobs, &diagnoser, source, args.format, &mut any)
+        .and_then(|()| out.flush())
+        .map_err(|e| anyhow::anyhow!("cannot print findings to stdout: {e}"))?;
+    drop(out);
     let with = jobs
         .iter()
         .filter(|j| !diagnoser.audit(j, source).is_empty())
@@ -529,4 +509,54 @@ impl Runtime {
             .handle()
             .clone()
     }
+}
+
+/// `audit`'s answer: one line per job (JSON) or a block per finding (text).
+fn print_findings(
+    out: &mut impl Write,
+    jobs: &[std::sync::Arc<crate::correlate::JobConfig>],
+    diagnoser: &Diagnoser,
+    source: AuthSource,
+    format: Format,
+    any: &mut bool,
+) -> io::Result<()> {
+    for job in jobs {
+        let findings = diagnoser.audit(job, source);
+        *any |= !findings.is_empty();
+        let key = &job.key;
+        match format {
+            Format::Json => {
+                let line = serde_json::json!({
+                    "job": {"name": key.name(), "project": key.project(), "location": key.location(), "id": key.job_id()},
+                    "findings": findings.iter().map(|d| serde_json::json!({
+                        "code": d.code.as_str(),
+                        "confidence": d.confidence(),
+                        "summary": d.summary,
+                        "fix": {"gcloud": d.fix.gcloud, "terraform": d.fix.terraform},
+                        "runbook_url": diagnoser.runbook_url(d.code),
+                    })).collect::<Vec<_>>(),
+                });
+                writeln!(out, "{line}")?;
+            }
+            Format::Text => {
+                if findings.is_empty() {
+                    writeln!(out, "ok       {key}")?;
+                }
+                for d in &findings {
+                    writeln!(
+                        out,
+                        "FINDING  {key}  {} ({})\n  {}",
+                        d.code.as_str(),
+                        d.confidence(),
+                        schedwatch_sinks::escape::line(&d.summary)
+                    )?;
+                    for line in schedwatch_sinks::escape::lines(&d.fix.gcloud).lines() {
+                        writeln!(out, "    {line}")?;
+                    }
+                    writeln!(out, "  runbook {}", diagnoser.runbook_url(d.code))?;
+                }
+            }
+        }
+    }
+    Ok(())
 }

@@ -149,6 +149,23 @@ fn usage_errors_exit_2_and_say_what_to_change() {
         Some(2),
         "clap: --project needs --location"
     );
+    // They become a Cloud Scheduler API path: only names Cloud Scheduler could have, refused
+    // before any call (no API is configured here, so a call would fail differently).
+    for (project, location, named) in [
+        ("acme-prod", "..", "--location '..'"),
+        (
+            "acme-prod",
+            "us-east1/jobs/x",
+            "--location 'us-east1/jobs/x'",
+        ),
+        ("p", "us-east1", "--project 'p'"),
+        ("../../v1", "us-east1", "--project '../../v1'"),
+        ("acme-prod\n", "us-east1", "--project 'acme-prod\\n'"),
+    ] {
+        let out = run(&["audit", "--project", project, "--location", location]);
+        assert_eq!(out.status.code(), Some(2), "{project} {location}");
+        assert!(stderr(&out).contains(named), "{}", stderr(&out));
+    }
     let out = run(&["frobnicate"]);
     assert_eq!(out.status.code(), Some(2));
     let dir = tempfile::tempdir().unwrap();
@@ -310,6 +327,35 @@ fn replay_demo_with_stdout(redirect: &str) -> std::process::Output {
         .stdin(std::process::Stdio::null())
         .output()
         .expect("sh runs")
+}
+
+/// `audit`'s findings are its answer: printed nowhere, it is no audit (exit 1, not 0 "no
+/// findings" or 1 "findings" with nothing to read).
+#[test]
+fn audit_with_stdout_closed_exits_1_and_says_why() {
+    let demo = common::root().join("config/demo");
+    let audit = |redirect: &str| {
+        std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!(r#"exec "$0" audit --jobs "$1" {redirect}"#))
+            .arg(env!("CARGO_BIN_EXE_schedwatch"))
+            .arg(demo.join("jobs"))
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("sh runs")
+    };
+    let out = audit(">&-");
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("cannot print findings to stdout") && err.contains("closed"),
+        "{err}"
+    );
+    assert!(!err.contains("with findings"), "{err}");
+    // The demo's jobs have findings: exit 1 too, but with them printed and counted.
+    let out = audit(">/dev/null");
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("with findings"), "{}", stderr(&out));
 }
 
 #[test]
