@@ -776,9 +776,9 @@ pub const MAX_CONNECTIONS: Limit<usize> = Limit {
 
 /// `[state] unhealthy_after`.
 pub const UNHEALTHY_AFTER: Limit<Duration> = Limit {
-    min: secs(10 * SECOND),
+    min: Duration::ZERO,
     max: secs(DAY),
-    why: "shorter restarts the process for a blip the store reopens from by itself; longer leaves a stuck process serving nothing",
+    why: "0 gives up at the first failure; past a day a stuck process serves nothing for too long",
 };
 
 /// `[dedup] capacity`.
@@ -899,7 +899,11 @@ mod tests {
             let step = Duration::from_millis(1);
             [
                 (ms(l.min), true),
-                (ms(l.min - step), false),
+                // Nothing is below zero: the minimum again.
+                match l.min.checked_sub(step) {
+                    Some(below) => (ms(below), false),
+                    None => (ms(l.min), true),
+                },
                 (ms(l.max), true),
                 (ms(l.max + step), false),
             ]
