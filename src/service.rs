@@ -593,7 +593,7 @@ impl Processor {
             self.ack(batch);
         } else {
             // Not committed: dropping the handlers nacks the messages; they come back.
-            m.nacked.fetch_add(batch.len() as u64, Relaxed);
+            m.nacked.inc_by(batch.len() as u64);
             tracing::warn!(
                 messages = batch.len(),
                 "batch not committed; its messages will be redelivered"
@@ -641,7 +641,7 @@ impl Processor {
             Ok(rows) => {
                 let took = started.elapsed();
                 m.commit(true);
-                m.store_transaction.observe(took);
+                m.store_transaction.observe(took.as_secs_f64());
                 tracing::debug!(
                     messages = batch.len(),
                     alerts = made,
@@ -718,7 +718,7 @@ impl Processor {
 
     /// Acks a committed batch's messages, and counts them.
     fn ack(&self, batch: Vec<Received>) {
-        metrics().acked.fetch_add(batch.len() as u64, Relaxed);
+        metrics().acked.inc_by(batch.len() as u64);
         for m in batch {
             m.ack.ack(&self.handle);
         }
@@ -729,7 +729,7 @@ impl Processor {
     fn shared_failure(&mut self, e: StoreError, batch: Vec<Received>) {
         let m = metrics();
         m.commit(false);
-        m.nacked.fetch_add(batch.len() as u64, Relaxed);
+        m.nacked.inc_by(batch.len() as u64);
         self.back_off();
         tracing::error!(
             messages = batch.len(),
@@ -795,7 +795,7 @@ impl Processor {
         match result {
             Ok((rows, open, expired)) => {
                 metrics().commit(true);
-                metrics().incidents_open.store(open, Relaxed);
+                metrics().incidents_open.set(open as i64);
                 if !rows.is_empty() {
                     tracing::info!(alerts = rows.len(), "claimed undelivered alerts from the shared outbox (left by a stopped replica, or not yet delivered)");
                 }
@@ -852,7 +852,9 @@ impl Processor {
         let result = store.commit(changes);
         metrics().commit(result.is_ok());
         if result.is_ok() {
-            metrics().store_transaction.observe(started.elapsed());
+            metrics()
+                .store_transaction
+                .observe(started.elapsed().as_secs_f64());
         }
         match result {
             Ok(rows) => {
@@ -931,7 +933,7 @@ impl Processor {
             return Ok(());
         };
         if reopen {
-            metrics().store_reopens.fetch_add(1, Relaxed);
+            metrics().store_reopens.inc();
             store.reopen()?;
             tracing::info!(store = %store.path().display(), "state store reopened");
         }
