@@ -43,17 +43,17 @@ pub mod cli;
 pub mod config;
 pub mod correlate;
 pub mod decode;
-pub mod dedup;
+pub(crate) mod dedup;
 pub mod diagnose;
-pub mod http;
+pub(crate) mod http;
 pub mod incidents;
 pub mod logging;
-pub mod metrics;
+pub(crate) mod metrics;
 pub mod notify;
 pub mod pipeline;
-pub mod service;
+pub(crate) mod service;
 pub mod source;
-pub mod store;
+pub(crate) mod store;
 
 use std::fmt;
 

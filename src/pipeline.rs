@@ -234,11 +234,6 @@ impl Pipeline {
         &self.incidents
     }
 
-    /// The correlator (for its API counters).
-    pub fn correlator(&self) -> &Correlator {
-        &self.correlator
-    }
-
     /// Decodes one input item and processes every entry it holds, in order.
     pub fn process_item(&mut self, bytes: &[u8], out: &mut Vec<Alert>) {
         let mut scratch = std::mem::take(&mut self.scratch);

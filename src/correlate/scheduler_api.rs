@@ -756,14 +756,6 @@ impl SchedulerApi {
         }
     }
 
-    /// Calls made and calls that failed, for the run summary.
-    pub fn counts(&self) -> (u64, u64) {
-        (
-            self.shared.calls.load(Relaxed),
-            self.shared.errors.load(Relaxed),
-        )
-    }
-
     /// Every job of a location (`audit --project P --location L`), following pages.
     pub fn list(&mut self, project: &str, location: &str) -> Result<Vec<JobConfig>, ApiError> {
         let parent = format!("projects/{project}/locations/{location}");
