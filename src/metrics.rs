@@ -218,7 +218,15 @@ impl Metrics {
     /// Registers every metric, in the order `/metrics` shows them. The registry appends the
     /// `schedwatch_` prefix, a counter's `_total` and the final `.` of each help text.
     fn register(mut self, cache_hits: Family<Label, Counter>) -> Self {
-        let r = &mut self.registry;
+        let mut registry = std::mem::take(&mut self.registry);
+        self.register_pipeline(&mut registry);
+        self.register_service(&mut registry, cache_hits);
+        self.registry = registry;
+        self
+    }
+
+    /// What flows through the pipeline: messages, incidents, alerts and their delivery.
+    fn register_pipeline(&self, r: &mut Registry) {
         r.register(
             "messages_received",
             "Messages received from Pub/Sub (pulled or pushed)",
@@ -276,6 +284,10 @@ impl Metrics {
             "Alerts waiting for a delivery retry now",
             receivers.retrying.clone(),
         );
+    }
+
+    /// The service's own state: the last message, the Scheduler API, the store, Pub/Sub, push.
+    fn register_service(&self, r: &mut Registry, cache_hits: Family<Label, Counter>) {
         r.register(
             "last_message_age_seconds",
             "Seconds since the last message was received (NaN before the first)",
@@ -337,7 +349,6 @@ impl Metrics {
             "Push requests, by outcome",
             self.push.clone(),
         );
-        self
     }
 
     /// A message arrived now.
