@@ -384,6 +384,12 @@ impl Metrics {
         self.store_ok.store(ok, Relaxed);
     }
 
+    /// A store call that is not a commit (loading, connecting, upkeep) ended: readiness follows
+    /// it, the commit counters do not.
+    pub fn store_call(&self, ok: bool) {
+        self.store_ok.store(ok, Relaxed);
+    }
+
     /// Whether the store's last commit (or, for a shared store, its last call) succeeded.
     pub fn store_writable(&self) -> bool {
         self.store_ok.load(Relaxed)

@@ -209,7 +209,7 @@ pub fn run(service: Service) -> anyhow::Result<()> {
     let (store, outbox) = match store {
         Backend::Embedded(store) => {
             let stored = store.load()?;
-            metrics().commit(true);
+            metrics().store_call(true);
             pipeline.restore(&stored);
             tracing::info!(open_incidents = stored.incidents.len(), dedup_keys = stored.dedup_keys.len(), outbox = stored.outbox.len(), store = %store.path().display(), "state loaded");
             (Some(Store::Embedded(store)), stored.outbox)
@@ -420,12 +420,12 @@ async fn connect_shared(
     loop {
         match PostgresStore::connect(config, owner.clone()).await {
             Ok(pg) => {
-                metrics().commit(true);
+                metrics().store_call(true);
                 tracing::info!(store = pg.describe(), replica = %owner, "shared state store connected");
                 return Some(pg);
             }
             Err(e) => {
-                metrics().commit(false);
+                metrics().store_call(false);
                 tracing::error!("cannot reach the shared state store ({e}); retrying in {delay:?}");
             }
         }
@@ -794,7 +794,7 @@ impl Processor {
         });
         match result {
             Ok((rows, open, expired)) => {
-                metrics().commit(true);
+                metrics().store_call(true);
                 metrics().incidents_open.set(open as i64);
                 if !rows.is_empty() {
                     tracing::info!(alerts = rows.len(), "claimed undelivered alerts from the shared outbox (left by a stopped replica, or not yet delivered)");
@@ -806,7 +806,7 @@ impl Processor {
                 }
             }
             Err(e) => {
-                metrics().commit(false);
+                metrics().store_call(false);
                 tracing::warn!(
                     "shared state store: {e}; leases not renewed, retrying in {SHARED_TICK:?}"
                 );

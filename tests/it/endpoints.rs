@@ -146,6 +146,8 @@ fn endpoints_follow_the_run_and_the_counters_move_as_messages_flow() {
     assert_eq!(before["schedwatch_messages_received_total"], 0.0);
     assert!(before["schedwatch_last_message_age_seconds"].is_nan());
     assert_eq!(before["schedwatch_pubsub_streams_connected"], 1.0);
+    // Opening and loading the store is no commit: store_commits_total counts commits only.
+    assert_eq!(before["schedwatch_store_commits_total"], 0.0);
 
     // The example's entries and one message that is not a log entry.
     let mut lines = lines_of(&example.join("logs.ndjson"));
