@@ -51,11 +51,6 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    /// Whether the outcome counts toward an incident.
-    pub fn is_auth_failure(self) -> bool {
-        matches!(self, Outcome::Unauthenticated | Outcome::PermissionDenied)
-    }
-
     /// The contract's spelling of an auth failure class.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -116,18 +111,6 @@ pub enum SkipReason {
 }
 
 impl SkipReason {
-    /// Every reason, in a stable order for summaries.
-    pub const ALL: [SkipReason; 8] = [
-        SkipReason::InvalidJson,
-        SkipReason::NotAnObject,
-        SkipReason::NotSchedulerEntry,
-        SkipReason::MalformedEntry,
-        SkipReason::MissingJobLabels,
-        SkipReason::BadTimestamp,
-        SkipReason::BadPubsubMessage,
-        SkipReason::TooLarge,
-    ];
-
     /// The stable name.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -341,19 +324,6 @@ impl Decoder {
     /// appending one result per entry it holds to `out`.
     pub fn decode_item(&self, bytes: &[u8], out: &mut Vec<Decoded>) {
         self.decode_nested(bytes, out, 0)
-    }
-
-    /// Decodes the `data` of a Pub/Sub message (raw bytes, as the gRPC client hands it over):
-    /// exactly one LogEntry.
-    pub fn decode_message_data(&self, data: &[u8]) -> Decoded {
-        if data.len() > MAX_ENTRY_BYTES {
-            return Err(SkipReason::TooLarge);
-        }
-        if !is_object(data) {
-            return Err(classify(data));
-        }
-        let item: RawItem = parse_item(data).map_err(|_| classify(data))?;
-        entry(item)
     }
 
     fn decode_nested(&self, bytes: &[u8], out: &mut Vec<Decoded>, depth: u8) {

@@ -76,20 +76,10 @@ impl Dedup {
         self.young.insert(key)
     }
 
-    /// Whether `key` is within the window, without recording it.
-    pub fn contains(&self, key: u128) -> bool {
-        let key = key as u64;
-        self.young.contains(&key) || self.old.contains(&key)
-    }
-
     /// Keys currently remembered.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.young.len() + self.old.len()
-    }
-
-    /// Whether nothing is remembered.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 

@@ -17,7 +17,6 @@
 //! request's token passed.
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -97,10 +96,10 @@ pub fn not_ready(mode: Mode) -> Option<&'static str> {
         return Some("the state store's last commit failed");
     }
     if mode == Mode::Pull {
-        if m.streams_connected.load(Relaxed) < 1 {
+        if m.streams_connected.get() < 1 {
             return Some("no Pub/Sub subscription stream is open");
         }
-        if m.pubsub_reachable.load(Relaxed) != 1 {
+        if m.pubsub_reachable.get() != 1 {
             return Some("the Pub/Sub endpoint is unreachable");
         }
     }
@@ -246,10 +245,7 @@ async fn readyz(State(mode): State<Mode>) -> Response {
 
 async fn metrics_text() -> Response {
     (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
+        [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
         metrics().render(),
     )
         .into_response()

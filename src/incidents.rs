@@ -125,16 +125,6 @@ pub enum Eviction {
     Capacity,
 }
 
-impl Eviction {
-    /// The stable spelling, for summaries and metrics.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Eviction::Expired => "expired",
-            Eviction::Capacity => "capacity",
-        }
-    }
-}
-
 /// An incident dropped without a notification: the store must forget it too.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Evicted {
@@ -189,7 +179,8 @@ impl Incidents {
     }
 
     /// Every open incident.
-    pub fn iter(&self) -> impl Iterator<Item = (&JobKey, &Incident)> {
+    #[cfg(test)]
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&JobKey, &Incident)> {
         self.open.iter().map(|(job, i)| (&**job, i))
     }
 

@@ -1,18 +1,23 @@
 //! The service's counters and gauges, and their Prometheus text rendering (`GET /metrics`).
 //!
-//! One registry for the process ([`metrics()`]): the stages count where the event happens —
-//! the pull tasks what they receive, the processor what it acks and commits, the delivery
-//! queues what they send — with relaxed atomics, so counting costs an uncontended add and
-//! scraping never waits for the pipeline. The pipeline's own counters (skips by reason,
-//! duplicates, alerts by event) are copied in after each batch, so there is one source of
-//! truth for them: [`Stats`].
+//! One registry for the process ([`metrics()`]), on `prometheus-client`: the stages count where
+//! the event happens — the pull tasks what they receive, the processor what it acks and
+//! commits, the delivery queues what they send — on the crate's atomics, so counting costs an
+//! uncontended add and scraping never waits for the pipeline. The pipeline's own counters
+//! (skips by reason, duplicates, alerts by event) are copied in after each batch, so there is
+//! one source of truth for them: the pipeline reports them as [`PipelineCounts`] (this module
+//! knows nothing of the pipeline).
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::{Mutex, OnceLock};
 
-use crate::pipeline::Stats;
+use prometheus_client::encoding::prometheus_text;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
 
 /// The process's metrics.
 pub fn metrics() -> &'static Metrics {
@@ -20,18 +25,11 @@ pub fn metrics() -> &'static Metrics {
     METRICS.get_or_init(Metrics::default)
 }
 
-/// Counters per receiver.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct ReceiverCounts {
-    /// Alerts the receiver accepted.
-    pub sent: u64,
-    /// Alerts it refused for good (a permanent error).
-    pub failed: u64,
-    /// Attempts that failed and were retried.
-    pub retries: u64,
-    /// Alerts waiting for a retry now.
-    pub retrying: i64,
-}
+/// The `Content-Type` of [`Metrics::render`]: the Prometheus text format, version 0.0.4.
+pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
+
+/// One label: its name and value.
+type Label<V = &'static str> = [(&'static str, V); 1];
 
 /// How a push request ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -57,56 +55,42 @@ impl PushOutcome {
     }
 }
 
-/// The registry.
+/// The pipeline's counters as of its last batch (totals since the process started), as the
+/// pipeline reports them.
+#[derive(Debug, Clone, Copy)]
+pub struct PipelineCounts<'a> {
+    /// Skipped items by reason.
+    pub skipped: &'a BTreeMap<&'static str, u64>,
+    /// Entries counted once already.
+    pub duplicates: u64,
+    /// Alerts made, by event.
+    pub alerts: &'a BTreeMap<&'static str, u64>,
+    /// Unfired incidents ended silently by `pending_expiry`.
+    pub expired: u64,
+    /// Incidents dropped to stay under `max_tracked_jobs`.
+    pub evicted: u64,
+}
+
+/// One receiver's counters, shared with the registry.
+#[derive(Debug, Clone)]
+pub struct ReceiverMetrics {
+    /// Alerts the receiver accepted.
+    pub sent: Counter,
+    /// Alerts it refused for good (a permanent error).
+    pub failed: Counter,
+    /// Attempts that failed and were retried.
+    pub retries: Counter,
+    /// Alerts waiting for a retry now.
+    pub retrying: Gauge,
+}
+
+/// The per-receiver families of [`ReceiverMetrics`].
 #[derive(Debug, Default)]
-pub struct Metrics {
-    /// Messages that reached the service (pulled or pushed).
-    pub received: AtomicU64,
-    /// Messages acked after their commit.
-    pub acked: AtomicU64,
-    /// Messages handed back (a failed commit, a shutdown): they are redelivered.
-    pub nacked: AtomicU64,
-    /// Unix time in milliseconds of the last message received; 0 before the first.
-    pub last_message_ms: AtomicI64,
-    /// Open incidents, after the last batch.
-    pub incidents_open: AtomicU64,
-    /// Store commits that succeeded.
-    pub commits: AtomicU64,
-    /// Store commits that failed.
-    pub commit_failures: AtomicU64,
-    /// Whether the last store call succeeded — readiness.
-    pub store_ok: AtomicBool,
-    /// Times the embedded store was closed and opened again after an I/O error.
-    pub store_reopens: AtomicU64,
-    /// Why the process should be restarted (its store cannot recover) — liveness; `None`: alive.
-    unhealthy: Mutex<Option<String>>,
-    /// Subscription streams open now (not ended by a permanent error).
-    pub streams_connected: AtomicI64,
-    /// Whether the Pub/Sub endpoint answered the last reachability probe (1) — the client
-    /// retries an unreachable endpoint silently and forever, so the streams alone cannot tell.
-    pub pubsub_reachable: AtomicU64,
-    /// Cloud Scheduler API job look-ups (cache misses that went to the API).
-    pub api_lookups: AtomicU64,
-    /// Look-ups that failed.
-    pub api_errors: AtomicU64,
-    /// Cloud Scheduler API calls that were `ListJobs` pages (also in `api_lookups`).
-    pub api_list_calls: AtomicU64,
-    /// Failing jobs answered from a cached config, without a call.
-    pub api_cached_configs: AtomicU64,
-    /// Failing jobs answered from a remembered failed look-up, without a call.
-    pub api_cached_failures: AtomicU64,
-    /// Failing jobs absent from a fresh listing of their location: not found, without a call.
-    pub api_not_listed: AtomicU64,
-    /// Failing jobs not asked about: the API did not answer lately, or too many calls waited.
-    pub api_not_asked: AtomicU64,
-    /// Incidents the shared store's sweep dropped: unfired and expired, and over the cap.
-    pub incidents_swept: [AtomicU64; 2],
-    /// How long a batch's store transaction took, from its first statement to its commit
-    /// (with a shared store, including the wait for other replicas' row locks).
-    pub store_transaction: Histogram,
-    pipeline: Mutex<PipelineCounts>,
-    receivers: Mutex<BTreeMap<String, ReceiverCounts>>,
-    push: Mutex<BTreeMap<PushOutcome, u64>>,
+struct ReceiverFamilies {
+    sent: Family<Label<String>, Counter>,
+    failed: Family<Label<String>, Counter>,
+    retries: Family<Label<String>, Counter>,
+    retrying: Family<Label<String>, Gauge>,
 }
 
 /// Upper bounds, in seconds, of the store transaction histogram's buckets.
@@ -114,84 +98,295 @@ const TRANSACTION_BUCKETS: [f64; 12] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
 ];
 
-/// A Prometheus histogram of durations over [`TRANSACTION_BUCKETS`], lock-free.
-#[derive(Debug, Default)]
-pub struct Histogram {
-    /// Observations at or under each bound (not cumulative; summed when rendered).
-    buckets: [AtomicU64; TRANSACTION_BUCKETS.len()],
-    count: AtomicU64,
-    sum_micros: AtomicU64,
+/// Why an incident was dropped without a notification, as `incidents_evicted_total` labels it.
+const EVICTION_REASONS: [&str; 2] = ["expired", "capacity"];
+
+/// The registry: every metric below is registered in `registry` (they share their values with
+/// it), plus the state that is not itself a metric (readiness, liveness, the last message's
+/// time).
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// Messages that reached the service (pulled or pushed).
+    pub received: Counter,
+    /// Messages acked after their commit.
+    pub acked: Counter,
+    /// Messages handed back (a failed commit, a shutdown): they are redelivered.
+    pub nacked: Counter,
+    /// Unix time in milliseconds of the last message received; 0 before the first.
+    last_message_ms: AtomicI64,
+    /// Seconds since then, set when rendered.
+    last_message_age: Gauge<f64, AtomicU64>,
+    /// Open incidents, after the last batch.
+    pub incidents_open: Gauge,
+    /// Store commits that succeeded.
+    pub commits: Counter,
+    /// Store commits that failed.
+    pub commit_failures: Counter,
+    /// Whether the last store call succeeded — readiness.
+    store_ok: AtomicBool,
+    /// Times the embedded store was closed and opened again after an I/O error.
+    pub store_reopens: Counter,
+    /// Why the process should be restarted (its store cannot recover) — liveness; `None`: alive.
+    unhealthy: Mutex<Option<String>>,
+    /// Subscription streams open now (not ended by a permanent error).
+    pub streams_connected: Gauge,
+    /// Whether the Pub/Sub endpoint answered the last reachability probe (1) — the client
+    /// retries an unreachable endpoint silently and forever, so the streams alone cannot tell.
+    pub pubsub_reachable: Gauge,
+    /// Cloud Scheduler API job look-ups (cache misses that went to the API).
+    pub api_lookups: Counter,
+    /// Look-ups that failed.
+    pub api_errors: Counter,
+    /// Cloud Scheduler API calls that were `ListJobs` pages (also in `api_lookups`).
+    pub api_list_calls: Counter,
+    /// Failing jobs answered from a cached config, without a call.
+    pub api_cached_configs: Counter,
+    /// Failing jobs answered from a remembered failed look-up, without a call.
+    pub api_cached_failures: Counter,
+    /// Failing jobs absent from a fresh listing of their location: not found, without a call.
+    pub api_not_listed: Counter,
+    /// Failing jobs not asked about: the API did not answer lately, or too many calls waited.
+    pub api_not_asked: Counter,
+    /// Incidents the shared store's sweep dropped: unfired and expired, and over the cap
+    /// ([`EVICTION_REASONS`]); added to the pipeline's own when rendered.
+    pub incidents_swept: [AtomicU64; 2],
+    /// The pipeline's evictions as of its last batch, in the same order.
+    pipeline_evicted: [AtomicU64; 2],
+    /// How long a batch's store transaction took, from its first statement to its commit
+    /// (with a shared store, including the wait for other replicas' row locks), in seconds.
+    pub store_transaction: Histogram,
+    skipped: Family<Label, Counter>,
+    duplicates: Counter,
+    alerts: Family<Label, Counter>,
+    evicted: Family<Label, Counter>,
+    receivers: ReceiverFamilies,
+    push: Family<Label, Counter>,
 }
 
-impl Histogram {
-    /// Counts one duration.
-    pub fn observe(&self, d: std::time::Duration) {
-        let secs = d.as_secs_f64();
-        if let Some(i) = TRANSACTION_BUCKETS.iter().position(|b| secs <= *b) {
-            self.buckets[i].fetch_add(1, Relaxed);
+impl Default for Metrics {
+    fn default() -> Self {
+        let cache_hits = Family::<Label, Counter>::default();
+        let answer = |kind| cache_hits.get_or_create_owned(&[("answer", kind)]);
+        let metrics = Metrics {
+            registry: Registry::with_prefix("schedwatch"),
+            received: Counter::default(),
+            acked: Counter::default(),
+            nacked: Counter::default(),
+            last_message_ms: AtomicI64::new(0),
+            last_message_age: Gauge::default(),
+            incidents_open: Gauge::default(),
+            commits: Counter::default(),
+            commit_failures: Counter::default(),
+            store_ok: AtomicBool::new(false),
+            store_reopens: Counter::default(),
+            unhealthy: Mutex::new(None),
+            streams_connected: Gauge::default(),
+            pubsub_reachable: Gauge::default(),
+            api_lookups: Counter::default(),
+            api_errors: Counter::default(),
+            api_list_calls: Counter::default(),
+            api_cached_configs: answer("config"),
+            api_cached_failures: answer("failure"),
+            api_not_listed: answer("not_listed"),
+            api_not_asked: Counter::default(),
+            incidents_swept: Default::default(),
+            pipeline_evicted: Default::default(),
+            store_transaction: Histogram::new(TRANSACTION_BUCKETS),
+            skipped: Family::default(),
+            duplicates: Counter::default(),
+            alerts: Family::default(),
+            evicted: Family::default(),
+            receivers: ReceiverFamilies::default(),
+            push: Family::default(),
+        };
+        // Families whose every label value is shown from the start, zero or not.
+        for event in ALERT_EVENTS {
+            drop(metrics.alerts.get_or_create(&[("event", event)]));
         }
-        self.count.fetch_add(1, Relaxed);
-        self.sum_micros
-            .fetch_add(d.as_micros().min(u64::MAX as u128) as u64, Relaxed);
-    }
-
-    /// The `_bucket`, `_sum` and `_count` samples, suffix and labels first.
-    fn samples(&self) -> Vec<(String, String)> {
-        let mut out = Vec::with_capacity(TRANSACTION_BUCKETS.len() + 3);
-        let mut cumulative = 0;
-        for (bound, n) in TRANSACTION_BUCKETS.iter().zip(&self.buckets) {
-            cumulative += n.load(Relaxed);
-            out.push((
-                format!("_bucket{}", label("le", &bound.to_string())),
-                cumulative.to_string(),
-            ));
+        for reason in EVICTION_REASONS {
+            drop(metrics.evicted.get_or_create(&[("reason", reason)]));
         }
-        let count = self.count.load(Relaxed);
-        out.push((format!("_bucket{}", label("le", "+Inf")), count.to_string()));
-        out.push((
-            "_sum".into(),
-            (self.sum_micros.load(Relaxed) as f64 / 1e6).to_string(),
-        ));
-        out.push(("_count".into(), count.to_string()));
-        out
+        metrics.register(cache_hits)
     }
 }
 
-/// The pipeline's counters as of its last batch, plus envelopes it never saw.
-#[derive(Debug, Default)]
-struct PipelineCounts {
-    skipped: BTreeMap<&'static str, u64>,
-    duplicates: u64,
-    alerts: BTreeMap<&'static str, u64>,
-    /// Incidents dropped without a notification: expired unfired, and over the cap.
-    evicted: [u64; 2],
-}
+/// The alert events `alerts_total` shows.
+const ALERT_EVENTS: [&str; 3] = ["firing", "repeat", "resolved"];
 
 impl Metrics {
+    /// Registers every metric, in the order `/metrics` shows them. The registry appends the
+    /// `schedwatch_` prefix, a counter's `_total` and the final `.` of each help text.
+    fn register(mut self, cache_hits: Family<Label, Counter>) -> Self {
+        let mut registry = std::mem::take(&mut self.registry);
+        self.register_pipeline(&mut registry);
+        self.register_service(&mut registry, cache_hits);
+        self.registry = registry;
+        self
+    }
+
+    /// What flows through the pipeline: messages, incidents, alerts and their delivery.
+    fn register_pipeline(&self, r: &mut Registry) {
+        r.register(
+            "messages_received",
+            "Messages received from Pub/Sub (pulled or pushed)",
+            self.received.clone(),
+        );
+        r.register(
+            "messages_acked",
+            "Messages acked after their effect was committed",
+            self.acked.clone(),
+        );
+        r.register(
+            "messages_nacked",
+            "Messages handed back for redelivery (a failed commit, a shutdown)",
+            self.nacked.clone(),
+        );
+        r.register(
+            "messages_skipped",
+            "Messages skipped, by reason (malformed, not a Cloud Scheduler entry, ...)",
+            self.skipped.clone(),
+        );
+        r.register(
+            "messages_duplicate",
+            "Log entries seen before (same logName, insertId, timestamp), counted once",
+            self.duplicates.clone(),
+        );
+        r.register(
+            "incidents_open",
+            "Incidents open now",
+            self.incidents_open.clone(),
+        );
+        r.register(
+            "incidents_evicted",
+            "Incidents dropped without a notification: unfired past [incidents] pending_expiry (expired), or the oldest past max_tracked_jobs (capacity)",
+            self.evicted.clone(),
+        );
+        r.register("alerts", "Alerts made, by event", self.alerts.clone());
+        let receivers = &self.receivers;
+        r.register(
+            "notifications_sent",
+            "Alerts a receiver accepted",
+            receivers.sent.clone(),
+        );
+        r.register(
+            "notifications_failed",
+            "Alerts a receiver refused for good (not retried)",
+            receivers.failed.clone(),
+        );
+        r.register(
+            "notifications_retries",
+            "Delivery attempts that failed and were retried",
+            receivers.retries.clone(),
+        );
+        r.register(
+            "notifications_retrying",
+            "Alerts waiting for a delivery retry now",
+            receivers.retrying.clone(),
+        );
+    }
+
+    /// The service's own state: the last message, the Scheduler API, the store, Pub/Sub, push.
+    fn register_service(&self, r: &mut Registry, cache_hits: Family<Label, Counter>) {
+        r.register(
+            "last_message_age_seconds",
+            "Seconds since the last message was received (NaN before the first)",
+            self.last_message_age.clone(),
+        );
+        r.register(
+            "scheduler_api_lookups",
+            "Job configs read from the Cloud Scheduler API",
+            self.api_lookups.clone(),
+        );
+        r.register(
+            "scheduler_api_errors",
+            "Cloud Scheduler API reads that failed",
+            self.api_errors.clone(),
+        );
+        r.register(
+            "scheduler_api_list_calls",
+            "Cloud Scheduler API ListJobs pages read (one listing answers every job of a location)",
+            self.api_list_calls.clone(),
+        );
+        r.register(
+            "scheduler_api_cache_hits",
+            "Failing jobs answered without a call: a cached config, a remembered failure, or absent from a fresh listing",
+            cache_hits,
+        );
+        r.register(
+            "scheduler_api_not_asked",
+            "Failing jobs not asked about (auth-config-unavailable): the API did not answer lately, or too many calls waited",
+            self.api_not_asked.clone(),
+        );
+        r.register("store_commits", "State store commits", self.commits.clone());
+        r.register(
+            "store_commit_failures",
+            "State store commits that failed (their messages come back)",
+            self.commit_failures.clone(),
+        );
+        r.register(
+            "store_reopens",
+            "Times the embedded state store was closed and opened again after an I/O error (a full disk)",
+            self.store_reopens.clone(),
+        );
+        r.register(
+            "store_transaction_seconds",
+            "How long a batch's store transaction took, first statement to commit (with a shared store, including waits for other replicas' row locks)",
+            self.store_transaction.clone(),
+        );
+        r.register(
+            "pubsub_streams_connected",
+            "Subscription streams open now (not ended by a permanent error)",
+            self.streams_connected.clone(),
+        );
+        r.register(
+            "pubsub_endpoint_reachable",
+            "1 when the Pub/Sub endpoint accepted a connection at the last probe (every 5 s)",
+            self.pubsub_reachable.clone(),
+        );
+        r.register(
+            "push_requests",
+            "Push requests, by outcome",
+            self.push.clone(),
+        );
+    }
+
     /// A message arrived now.
     pub fn message_received(&self) {
-        self.received.fetch_add(1, Relaxed);
+        self.received.inc();
         self.last_message_ms
             .store(chrono::Utc::now().timestamp_millis(), Relaxed);
     }
 
     /// Copies the pipeline's counters after a batch.
-    pub fn pipeline_stats(&self, stats: &Stats, open_incidents: usize) {
-        let mut p = self.pipeline.lock().expect("metrics lock");
-        p.skipped.clone_from(&stats.skipped);
-        p.duplicates = stats.duplicates;
-        p.alerts.clone_from(&stats.alerts);
-        p.evicted = [stats.incidents_expired, stats.incidents_evicted];
-        self.incidents_open.store(open_incidents as u64, Relaxed);
+    pub fn pipeline_stats<'a>(&self, counts: impl Into<PipelineCounts<'a>>, open_incidents: usize) {
+        let counts = counts.into();
+        for (reason, n) in counts.skipped {
+            set(&self.skipped.get_or_create(&[("reason", reason)]), *n);
+        }
+        set(&self.duplicates, counts.duplicates);
+        for event in ALERT_EVENTS {
+            let n = counts.alerts.get(event).copied().unwrap_or(0);
+            set(&self.alerts.get_or_create(&[("event", event)]), n);
+        }
+        self.pipeline_evicted[0].store(counts.expired, Relaxed);
+        self.pipeline_evicted[1].store(counts.evicted, Relaxed);
+        self.incidents_open.set(open_incidents as i64);
     }
 
     /// A store commit ended.
     pub fn commit(&self, ok: bool) {
         if ok {
-            self.commits.fetch_add(1, Relaxed);
+            self.commits.inc();
         } else {
-            self.commit_failures.fetch_add(1, Relaxed);
+            self.commit_failures.inc();
         }
+        self.store_ok.store(ok, Relaxed);
+    }
+
+    /// A store call that is not a commit (loading, connecting, upkeep) ended: readiness follows
+    /// it, the commit counters do not.
+    pub fn store_call(&self, ok: bool) {
         self.store_ok.store(ok, Relaxed);
     }
 
@@ -210,23 +405,29 @@ impl Metrics {
         self.unhealthy.lock().expect("metrics lock").clone()
     }
 
-    /// Changes a receiver's counters.
-    pub fn receiver(&self, name: &str, change: impl FnOnce(&mut ReceiverCounts)) {
-        let mut r = self.receivers.lock().expect("metrics lock");
-        match r.get_mut(name) {
-            Some(c) => change(c),
-            None => change(r.entry(name.to_owned()).or_default()),
+    /// The counters of the receiver `name`, which shows in every per-receiver family from now.
+    pub fn receiver(&self, name: &str) -> ReceiverMetrics {
+        let label = [("receiver", name.to_owned())];
+        let r = &self.receivers;
+        ReceiverMetrics {
+            sent: r.sent.get_or_create_owned(&label),
+            failed: r.failed.get_or_create_owned(&label),
+            retries: r.retries.get_or_create_owned(&label),
+            retrying: r.retrying.get_or_create_owned(&label),
         }
     }
 
-    /// A push request ended.
+    /// A push request ended. Requests that were not envelopes are skipped before the pipeline:
+    /// counted here, and shown with the pipeline's skips too.
     pub fn push(&self, outcome: PushOutcome) {
-        *self
-            .push
-            .lock()
-            .expect("metrics lock")
-            .entry(outcome)
-            .or_default() += 1;
+        self.push
+            .get_or_create(&[("outcome", outcome.label())])
+            .inc();
+        if outcome == PushOutcome::BadEnvelope {
+            self.skipped
+                .get_or_create(&[("reason", "bad_push_envelope")])
+                .inc();
+        }
     }
 
     /// Seconds since the last message, `None` before the first.
@@ -237,252 +438,24 @@ impl Metrics {
         }
     }
 
-    /// The Prometheus text exposition format, version 0.0.4.
+    /// The Prometheus text exposition format, version 0.0.4 ([`CONTENT_TYPE`]).
     pub fn render(&self) -> String {
+        // The values computed when asked: the age, and evictions from two sources.
+        self.last_message_age
+            .set(self.last_message_age().unwrap_or(f64::NAN));
+        for (i, reason) in EVICTION_REASONS.into_iter().enumerate() {
+            let n = self.pipeline_evicted[i].load(Relaxed) + self.incidents_swept[i].load(Relaxed);
+            set(&self.evicted.get_or_create(&[("reason", reason)]), n);
+        }
         let mut out = String::with_capacity(4096);
-        let mut family = |name: &str, kind: &str, help: &str, samples: &[(String, String)]| {
-            let _ = writeln!(
-                out,
-                "# HELP schedwatch_{name} {help}\n# TYPE schedwatch_{name} {kind}"
-            );
-            for (labels, value) in samples {
-                let _ = writeln!(out, "schedwatch_{name}{labels} {value}");
-            }
-        };
-        let one = |v: u64| vec![(String::new(), v.to_string())];
-        let get = |a: &AtomicU64| a.load(Relaxed);
-
-        family(
-            "messages_received_total",
-            "counter",
-            "Messages received from Pub/Sub (pulled or pushed).",
-            &one(get(&self.received)),
-        );
-        family(
-            "messages_acked_total",
-            "counter",
-            "Messages acked after their effect was committed.",
-            &one(get(&self.acked)),
-        );
-        family(
-            "messages_nacked_total",
-            "counter",
-            "Messages handed back for redelivery (a failed commit, a shutdown).",
-            &one(get(&self.nacked)),
-        );
-        // Push requests that were not envelopes are skipped before the pipeline: counted once,
-        // as a push outcome, and shown with the pipeline's skips.
-        let bad_envelopes = self
-            .push
-            .lock()
-            .expect("metrics lock")
-            .get(&PushOutcome::BadEnvelope)
-            .copied()
-            .unwrap_or(0);
-        let (skipped, duplicates, alerts, evicted) = {
-            let p = self.pipeline.lock().expect("metrics lock");
-            let mut skipped: Vec<(String, String)> = p
-                .skipped
-                .iter()
-                .map(|(reason, n)| (label("reason", reason), n.to_string()))
-                .collect();
-            if bad_envelopes > 0 {
-                skipped.push((
-                    label("reason", "bad_push_envelope"),
-                    bad_envelopes.to_string(),
-                ));
-            }
-            let alerts: Vec<(String, String)> = ["firing", "repeat", "resolved"]
-                .iter()
-                .map(|e| {
-                    (
-                        label("event", e),
-                        p.alerts.get(e).copied().unwrap_or(0).to_string(),
-                    )
-                })
-                .collect();
-            let evicted: Vec<(String, String)> = ["expired", "capacity"]
-                .iter()
-                .zip(p.evicted)
-                .zip(&self.incidents_swept)
-                .map(|((reason, n), swept)| (label("reason", reason), (n + get(swept)).to_string()))
-                .collect();
-            (skipped, p.duplicates, alerts, evicted)
-        };
-        family(
-            "messages_skipped_total",
-            "counter",
-            "Messages skipped, by reason (malformed, not a Cloud Scheduler entry, ...).",
-            &skipped,
-        );
-        family(
-            "messages_duplicate_total",
-            "counter",
-            "Log entries seen before (same logName, insertId, timestamp), counted once.",
-            &one(duplicates),
-        );
-        family(
-            "incidents_open",
-            "gauge",
-            "Incidents open now.",
-            &one(get(&self.incidents_open)),
-        );
-        family(
-            "incidents_evicted_total",
-            "counter",
-            "Incidents dropped without a notification: unfired past [incidents] pending_expiry (expired), or the oldest past max_tracked_jobs (capacity).",
-            &evicted,
-        );
-        family("alerts_total", "counter", "Alerts made, by event.", &alerts);
-
-        let receivers: Vec<(String, ReceiverCounts)> = self
-            .receivers
-            .lock()
-            .expect("metrics lock")
-            .iter()
-            .map(|(n, c)| (label("receiver", n), *c))
-            .collect();
-        let per = |f: fn(&ReceiverCounts) -> String| -> Vec<(String, String)> {
-            receivers.iter().map(|(l, c)| (l.clone(), f(c))).collect()
-        };
-        family(
-            "notifications_sent_total",
-            "counter",
-            "Alerts a receiver accepted.",
-            &per(|c| c.sent.to_string()),
-        );
-        family(
-            "notifications_failed_total",
-            "counter",
-            "Alerts a receiver refused for good (not retried).",
-            &per(|c| c.failed.to_string()),
-        );
-        family(
-            "notifications_retries_total",
-            "counter",
-            "Delivery attempts that failed and were retried.",
-            &per(|c| c.retries.to_string()),
-        );
-        family(
-            "notifications_retrying",
-            "gauge",
-            "Alerts waiting for a delivery retry now.",
-            &per(|c| c.retrying.to_string()),
-        );
-
-        let age = self
-            .last_message_age()
-            .map_or_else(|| "NaN".to_owned(), |s| format!("{s:.3}"));
-        family(
-            "last_message_age_seconds",
-            "gauge",
-            "Seconds since the last message was received (NaN before the first).",
-            &[(String::new(), age)],
-        );
-        family(
-            "scheduler_api_lookups_total",
-            "counter",
-            "Job configs read from the Cloud Scheduler API.",
-            &one(get(&self.api_lookups)),
-        );
-        family(
-            "scheduler_api_errors_total",
-            "counter",
-            "Cloud Scheduler API reads that failed.",
-            &one(get(&self.api_errors)),
-        );
-        family(
-            "scheduler_api_list_calls_total",
-            "counter",
-            "Cloud Scheduler API ListJobs pages read (one listing answers every job of a location).",
-            &one(get(&self.api_list_calls)),
-        );
-        let answered = [
-            ("config", &self.api_cached_configs),
-            ("failure", &self.api_cached_failures),
-            ("not_listed", &self.api_not_listed),
-        ]
-        .map(|(kind, n)| (label("answer", kind), get(n).to_string()));
-        family(
-            "scheduler_api_cache_hits_total",
-            "counter",
-            "Failing jobs answered without a call: a cached config, a remembered failure, or absent from a fresh listing.",
-            &answered,
-        );
-        family(
-            "scheduler_api_not_asked_total",
-            "counter",
-            "Failing jobs not asked about (auth-config-unavailable): the API did not answer lately, or too many calls waited.",
-            &one(get(&self.api_not_asked)),
-        );
-        family(
-            "store_commits_total",
-            "counter",
-            "State store commits.",
-            &one(get(&self.commits)),
-        );
-        family(
-            "store_commit_failures_total",
-            "counter",
-            "State store commits that failed (their messages come back).",
-            &one(get(&self.commit_failures)),
-        );
-        family(
-            "store_reopens_total",
-            "counter",
-            "Times the embedded state store was closed and opened again after an I/O error (a full disk).",
-            &one(get(&self.store_reopens)),
-        );
-        family(
-            "store_transaction_seconds",
-            "histogram",
-            "How long a batch's store transaction took, first statement to commit (with a shared store, including waits for other replicas' row locks).",
-            &self.store_transaction.samples(),
-        );
-        family(
-            "pubsub_streams_connected",
-            "gauge",
-            "Subscription streams open now (not ended by a permanent error).",
-            &[(
-                String::new(),
-                self.streams_connected.load(Relaxed).to_string(),
-            )],
-        );
-        family(
-            "pubsub_endpoint_reachable",
-            "gauge",
-            "1 when the Pub/Sub endpoint accepted a connection at the last probe (every 5 s).",
-            &one(get(&self.pubsub_reachable)),
-        );
-        let push: Vec<(String, String)> = self
-            .push
-            .lock()
-            .expect("metrics lock")
-            .iter()
-            .map(|(o, n)| (label("outcome", o.label()), n.to_string()))
-            .collect();
-        family(
-            "push_requests_total",
-            "counter",
-            "Push requests, by outcome.",
-            &push,
-        );
+        prometheus_text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
         out
     }
 }
 
-/// `{name="value"}`, the value escaped as the text format requires.
-fn label(name: &str, value: &str) -> String {
-    let mut escaped = String::with_capacity(value.len());
-    for c in value.chars() {
-        match c {
-            '\\' => escaped.push_str("\\\\"),
-            '"' => escaped.push_str("\\\""),
-            '\n' => escaped.push_str("\\n"),
-            c => escaped.push(c),
-        }
-    }
-    format!("{{{name}=\"{escaped}\"}}")
+/// Sets a counter to a total counted elsewhere (the pipeline's), which only grows.
+fn set(counter: &Counter, total: u64) {
+    counter.inner().store(total, Relaxed);
 }
 
 #[cfg(test)]
@@ -493,12 +466,10 @@ mod tests {
     fn renders_the_text_format_with_escaped_labels() {
         let m = Metrics::default();
         m.message_received();
-        m.receiver("ops \"slack\"\n", |c| c.sent += 2);
+        m.receiver("ops \"slack\"\n").sent.inc_by(2);
         m.push(PushOutcome::BadEnvelope);
-        m.store_transaction
-            .observe(std::time::Duration::from_micros(3_000));
-        m.store_transaction
-            .observe(std::time::Duration::from_secs(9));
+        m.store_transaction.observe(0.003);
+        m.store_transaction.observe(9.0);
         let text = m.render();
         for sample in [
             "schedwatch_store_transaction_seconds_bucket{le=\"0.0025\"} 0\n",

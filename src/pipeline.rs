@@ -49,6 +49,20 @@ pub struct Stats {
     pub alerts: BTreeMap<&'static str, u64>,
 }
 
+/// What `/metrics` shows of the pipeline: the metrics know nothing of the pipeline, it hands
+/// them its counters.
+impl<'a> From<&'a Stats> for crate::metrics::PipelineCounts<'a> {
+    fn from(stats: &'a Stats) -> Self {
+        crate::metrics::PipelineCounts {
+            skipped: &stats.skipped,
+            duplicates: stats.duplicates,
+            alerts: &stats.alerts,
+            expired: stats.incidents_expired,
+            evicted: stats.incidents_evicted,
+        }
+    }
+}
+
 impl Stats {
     /// Skipped items, all reasons.
     pub fn skipped_total(&self) -> u64 {
@@ -218,11 +232,6 @@ impl Pipeline {
     /// The open incidents.
     pub fn incidents(&self) -> &Incidents {
         &self.incidents
-    }
-
-    /// The correlator (for its API counters).
-    pub fn correlator(&self) -> &Correlator {
-        &self.correlator
     }
 
     /// Decodes one input item and processes every entry it holds, in order.

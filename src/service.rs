@@ -209,7 +209,7 @@ pub fn run(service: Service) -> anyhow::Result<()> {
     let (store, outbox) = match store {
         Backend::Embedded(store) => {
             let stored = store.load()?;
-            metrics().commit(true);
+            metrics().store_call(true);
             pipeline.restore(&stored);
             tracing::info!(open_incidents = stored.incidents.len(), dedup_keys = stored.dedup_keys.len(), outbox = stored.outbox.len(), store = %store.path().display(), "state loaded");
             (Some(Store::Embedded(store)), stored.outbox)
@@ -420,12 +420,12 @@ async fn connect_shared(
     loop {
         match PostgresStore::connect(config, owner.clone()).await {
             Ok(pg) => {
-                metrics().commit(true);
+                metrics().store_call(true);
                 tracing::info!(store = pg.describe(), replica = %owner, "shared state store connected");
                 return Some(pg);
             }
             Err(e) => {
-                metrics().commit(false);
+                metrics().store_call(false);
                 tracing::error!("cannot reach the shared state store ({e}); retrying in {delay:?}");
             }
         }
@@ -593,7 +593,7 @@ impl Processor {
             self.ack(batch);
         } else {
             // Not committed: dropping the handlers nacks the messages; they come back.
-            m.nacked.fetch_add(batch.len() as u64, Relaxed);
+            m.nacked.inc_by(batch.len() as u64);
             tracing::warn!(
                 messages = batch.len(),
                 "batch not committed; its messages will be redelivered"
@@ -641,7 +641,7 @@ impl Processor {
             Ok(rows) => {
                 let took = started.elapsed();
                 m.commit(true);
-                m.store_transaction.observe(took);
+                m.store_transaction.observe(took.as_secs_f64());
                 tracing::debug!(
                     messages = batch.len(),
                     alerts = made,
@@ -718,7 +718,7 @@ impl Processor {
 
     /// Acks a committed batch's messages, and counts them.
     fn ack(&self, batch: Vec<Received>) {
-        metrics().acked.fetch_add(batch.len() as u64, Relaxed);
+        metrics().acked.inc_by(batch.len() as u64);
         for m in batch {
             m.ack.ack(&self.handle);
         }
@@ -729,7 +729,7 @@ impl Processor {
     fn shared_failure(&mut self, e: StoreError, batch: Vec<Received>) {
         let m = metrics();
         m.commit(false);
-        m.nacked.fetch_add(batch.len() as u64, Relaxed);
+        m.nacked.inc_by(batch.len() as u64);
         self.back_off();
         tracing::error!(
             messages = batch.len(),
@@ -794,8 +794,8 @@ impl Processor {
         });
         match result {
             Ok((rows, open, expired)) => {
-                metrics().commit(true);
-                metrics().incidents_open.store(open, Relaxed);
+                metrics().store_call(true);
+                metrics().incidents_open.set(open as i64);
                 if !rows.is_empty() {
                     tracing::info!(alerts = rows.len(), "claimed undelivered alerts from the shared outbox (left by a stopped replica, or not yet delivered)");
                 }
@@ -806,7 +806,7 @@ impl Processor {
                 }
             }
             Err(e) => {
-                metrics().commit(false);
+                metrics().store_call(false);
                 tracing::warn!(
                     "shared state store: {e}; leases not renewed, retrying in {SHARED_TICK:?}"
                 );
@@ -852,7 +852,9 @@ impl Processor {
         let result = store.commit(changes);
         metrics().commit(result.is_ok());
         if result.is_ok() {
-            metrics().store_transaction.observe(started.elapsed());
+            metrics()
+                .store_transaction
+                .observe(started.elapsed().as_secs_f64());
         }
         match result {
             Ok(rows) => {
@@ -931,7 +933,7 @@ impl Processor {
             return Ok(());
         };
         if reopen {
-            metrics().store_reopens.fetch_add(1, Relaxed);
+            metrics().store_reopens.inc();
             store.reopen()?;
             tracing::info!(store = %store.path().display(), "state store reopened");
         }

@@ -5,7 +5,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::{closed_port, firing, huge_fix, repeat, resolved, Answer, Receiver, Secrets};
+use common::{answer, closed_port, firing, huge_fix, repeat, resolved, Receiver, Secrets};
 use schedwatch_sinks::delivery;
 use schedwatch_sinks::pagerduty::{self, PagerDutyConfig, PagerDutySink, Severity};
 use schedwatch_sinks::slack::{self, SlackConfig, SlackSink};
@@ -269,7 +269,7 @@ fn slack_firing_snapshot() {
 
 #[tokio::test]
 async fn slack_posts_the_message_and_keeps_one_second_between_sends() {
-    let receiver = Receiver::start(Answer::new(200, "ok"));
+    let receiver = Receiver::start(answer(200, "ok"));
     let sink = slack_sink(&receiver.url(""));
     assert_eq!(sink.name(), "sre-slack");
     sink.send(&firing()).await.unwrap();
@@ -290,13 +290,13 @@ async fn slack_posts_the_message_and_keeps_one_second_between_sends() {
 #[tokio::test]
 async fn slack_answers_map_to_retry_decisions() {
     let cases = [
-        (Answer::new(500, "internal_error"), "500"),
+        (answer(500, "internal_error"), "500"),
         (
-            Answer::new(429, "rate_limited").header("Retry-After", "3"),
+            answer(429, "rate_limited").header("Retry-After", "3"),
             "429",
         ),
-        (Answer::new(400, "invalid_payload"), "400"),
-        (Answer::new(404, "no_service"), "404"),
+        (answer(400, "invalid_payload"), "400"),
+        (answer(404, "no_service"), "404"),
     ];
     let mut outcomes = Vec::new();
     for (answer, _) in &cases {
@@ -330,8 +330,8 @@ async fn slack_answers_map_to_retry_decisions() {
 
 #[tokio::test]
 async fn slack_holds_the_next_send_for_a_retry_after() {
-    let receiver = Receiver::start(Answer::new(200, "ok"));
-    receiver.answer_next(Answer::new(429, "rate_limited").header("Retry-After", "2"));
+    let receiver = Receiver::start(answer(200, "ok"));
+    receiver.answer_next(answer(429, "rate_limited").header("Retry-After", "2"));
     let sink = slack_sink(&receiver.url(""));
     assert!(sink.send(&firing()).await.unwrap_err().is_retryable());
     sink.send(&firing()).await.unwrap();
@@ -392,7 +392,7 @@ fn webhook_config(secrets: &Secrets, url: &str) -> WebhookConfig {
 
 #[tokio::test]
 async fn webhook_posts_the_contract_json_signed_with_its_headers() {
-    let receiver = Receiver::start(Answer::new(204, ""));
+    let receiver = Receiver::start(answer(204, ""));
     let secrets = Secrets::new();
     let sink = WebhookSink::new(
         "ops-hook",
@@ -443,7 +443,7 @@ async fn webhook_posts_the_contract_json_signed_with_its_headers() {
 
 #[tokio::test]
 async fn webhook_without_signing_secret_sends_no_signature() {
-    let receiver = Receiver::start(Answer::new(200, "{}"));
+    let receiver = Receiver::start(answer(200, "{}"));
     let secrets = Secrets::new();
     let mut config = webhook_config(&secrets, &receiver.url("/hook"));
     config.signing_secret = None;
@@ -461,11 +461,11 @@ async fn webhook_without_signing_secret_sends_no_signature() {
 #[tokio::test]
 async fn webhook_secrets_stay_out_of_debug_and_errors() {
     // The receiver echoes a secret back: the quoted answer must not carry it.
-    let receiver = Receiver::start(Answer::new(
+    let receiver = Receiver::start(answer(
         500,
         &format!("cannot handle {HOOK_TOKEN} for /hooks/{URL_TOKEN}"),
     ));
-    receiver.answer_next(Answer::new(400, "bad"));
+    receiver.answer_next(answer(400, "bad"));
     let secrets = Secrets::new();
     let sink = WebhookSink::new(
         "ops-hook",
@@ -539,7 +539,7 @@ fn webhook_config_mistakes_are_named_without_secrets() {
 
 #[tokio::test]
 async fn a_receiver_that_hangs_times_out_as_retryable() {
-    let receiver = Receiver::start(Answer::new(200, "late").after(Duration::from_secs(3)));
+    let receiver = Receiver::start(answer(200, "late").after(Duration::from_secs(3)));
     let secrets = Secrets::new();
     let mut config = webhook_config(&secrets, &receiver.url(&format!("/hooks/{URL_TOKEN}")));
     config.timeout = Duration::from_millis(200);
@@ -559,7 +559,7 @@ const PD_ACCEPTED: &str =
 
 #[tokio::test]
 async fn pagerduty_triggers_on_firing_and_resolves_on_resolved() {
-    let receiver = Receiver::start(Answer::new(202, PD_ACCEPTED));
+    let receiver = Receiver::start(answer(202, PD_ACCEPTED));
     let sink = pagerduty_sink(&receiver.url("/"), BTreeMap::new());
     for alert in [firing(), repeat(), resolved()] {
         sink.send(&alert).await.unwrap();
@@ -669,13 +669,13 @@ fn pagerduty_summary_is_at_most_1024_characters() {
 
 #[tokio::test]
 async fn pagerduty_answers_map_to_retry_decisions() {
-    let receiver = Receiver::start(Answer::new(202, PD_ACCEPTED));
-    receiver.answer_next(Answer::new(
+    let receiver = Receiver::start(answer(202, PD_ACCEPTED));
+    receiver.answer_next(answer(
         400,
         r#"{"status":"invalid event","message":"Event object is invalid","errors":["Length of 'routing_key' is incorrect"]}"#,
     ));
-    receiver.answer_next(Answer::new(429, "").header("Retry-After", "5"));
-    receiver.answer_next(Answer::new(503, "unavailable"));
+    receiver.answer_next(answer(429, "").header("Retry-After", "5"));
+    receiver.answer_next(answer(503, "unavailable"));
     let sink = pagerduty_sink(&receiver.url(""), BTreeMap::new());
 
     let e = sink.send(&firing()).await.unwrap_err();
@@ -816,7 +816,7 @@ async fn slack_redacts_its_webhook_url_in_every_form_a_receiver_echoes() {
     let mut all = vec![SLACK_TOKEN.to_owned(), path.clone()];
     for (i, status) in [400, 500, 404, 503, 403].into_iter().enumerate() {
         // One receiver (one webhook URL) each: Slack's pacing is not what is tested.
-        let receiver = Receiver::start(Answer::new(200, "ok"));
+        let receiver = Receiver::start(answer(200, "ok"));
         let url = receiver.url(&path);
         let echoed: Vec<String> = match i {
             0 => vec![SLACK_TOKEN.into()],
@@ -828,7 +828,7 @@ async fn slack_redacts_its_webhook_url_in_every_form_a_receiver_echoes() {
         };
         all.push(url.clone());
         let echoed: Vec<&str> = echoed.iter().map(String::as_str).collect();
-        receiver.answer_next(Answer::new(status, &common::echo_body(&echoed)));
+        receiver.answer_next(answer(status, &common::echo_body(&echoed)));
         let sink = SlackSink::new(
             "sre-slack",
             &SlackConfig {
@@ -854,7 +854,7 @@ const BASIC_PASSWORD: &str = "pa55 w0rd/+&x";
 
 #[tokio::test]
 async fn webhook_redacts_url_token_headers_and_signing_key_in_every_form() {
-    let receiver = Receiver::start(Answer::new(204, ""));
+    let receiver = Receiver::start(answer(204, ""));
     let url = receiver.url(&format!(
         "/hooks/{SLACK_TEAM}/{SLACK_TOKEN}?token={QUERY_TOKEN}&team=sre"
     ));
@@ -898,7 +898,7 @@ async fn webhook_redacts_url_token_headers_and_signing_key_in_every_form() {
     everything.push(&basic);
     for (i, echoed) in cases.iter().enumerate() {
         let status = if i % 2 == 0 { 401 } else { 502 };
-        receiver.answer_next(Answer::new(status, &common::echo_body(echoed)));
+        receiver.answer_next(answer(status, &common::echo_body(echoed)));
         let e = sink.send(&firing()).await.unwrap_err();
         assert_eq!(e.is_retryable(), status == 502, "{e}");
         assert_eq!(quoted(&e), common::echo_redacted(echoed), "{e}");
@@ -916,9 +916,9 @@ async fn webhook_redacts_url_token_headers_and_signing_key_in_every_form() {
 
 #[tokio::test]
 async fn pagerduty_redacts_its_routing_key_in_every_form() {
-    let receiver = Receiver::start(Answer::new(202, PD_ACCEPTED));
+    let receiver = Receiver::start(answer(202, PD_ACCEPTED));
     for status in [400, 500] {
-        receiver.answer_next(Answer::new(status, &common::echo_body(&[ROUTING_KEY])));
+        receiver.answer_next(answer(status, &common::echo_body(&[ROUTING_KEY])));
     }
     let sink = pagerduty_sink(&receiver.url(""), BTreeMap::new());
     for _ in 0..2 {
@@ -933,14 +933,14 @@ async fn pagerduty_redacts_its_routing_key_in_every_form() {
 
 #[tokio::test]
 async fn an_answer_is_quoted_short_and_cannot_forge_a_log_line() {
-    let receiver = Receiver::start(Answer::new(204, ""));
-    receiver.answer_next(Answer::new(
+    let receiver = Receiver::start(answer(204, ""));
+    receiver.answer_next(answer(
         500,
         "oops\n2026-11-20T09:00:00Z INFO schedwatch: all good\r\u{1b}[2J\u{202e}",
     ));
-    receiver.answer_next(Answer::new(500, &"<html>".repeat(2000)));
+    receiver.answer_next(answer(500, &"<html>".repeat(2000)));
     // A secret that starts before the quote's end and runs past it.
-    receiver.answer_next(Answer::new(
+    receiver.answer_next(answer(
         400,
         &format!("{}{BEARER}", "x".repeat(delivery::MAX_QUOTED - 4)),
     ));

@@ -8,9 +8,9 @@
 //! batch's failures need, concurrently and under one deadline, and [`Correlator::lookup`] then
 //! answers from memory.
 
-pub mod inventory;
-pub mod job;
-pub mod scheduler_api;
+pub(crate) mod inventory;
+pub(crate) mod job;
+pub(crate) mod scheduler_api;
 
 use std::sync::Arc;
 
@@ -131,10 +131,5 @@ impl Correlator {
                 }),
             },
         }
-    }
-
-    /// API calls made and failed.
-    pub fn api_counts(&self) -> (u64, u64) {
-        self.api.as_ref().map_or((0, 0), SchedulerApi::counts)
     }
 }

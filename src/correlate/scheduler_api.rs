@@ -373,9 +373,9 @@ impl Cache {
         let mut open: FxHashMap<Parent, (Vec<JobKey>, usize)> = FxHashMap::default();
         for (key, &opening) in needs {
             match self.answer(key, opening.then_some(batch), false, now) {
-                Some(Ok(_)) => _ = m.api_cached_configs.fetch_add(1, Relaxed),
-                Some(Err(ApiError::NotListed(_))) => _ = m.api_not_listed.fetch_add(1, Relaxed),
-                Some(Err(_)) => _ = m.api_cached_failures.fetch_add(1, Relaxed),
+                Some(Ok(_)) => _ = m.api_cached_configs.inc(),
+                Some(Err(ApiError::NotListed(_))) => _ = m.api_not_listed.inc(),
+                Some(Err(_)) => _ = m.api_cached_failures.inc(),
                 None => {
                     let (parent, _) = split(key);
                     let running = [Fetch::Get(key.clone()), Fetch::List(parent.clone())]
@@ -399,7 +399,7 @@ impl Cache {
         }
         if self.silent(now) {
             m.api_not_asked
-                .fetch_add(open.values().map(|(k, _)| k.len() as u64).sum(), Relaxed);
+                .inc_by(open.values().map(|(k, _)| k.len() as u64).sum());
             return plan;
         }
         for (parent, (keys, unknown)) in open {
@@ -415,7 +415,7 @@ impl Cache {
             };
             for (fetch, keys) in fetches {
                 if self.in_flight.len() >= MAX_PENDING {
-                    m.api_not_asked.fetch_add(keys.len() as u64, Relaxed);
+                    m.api_not_asked.inc_by(keys.len() as u64);
                     continue;
                 }
                 let (tx, rx) = watch::channel(());
@@ -523,7 +523,7 @@ impl Shared {
         call: impl std::future::Future<Output = Result<T, google_cloud_gax::error::Error>>,
     ) -> Result<T, Failed> {
         self.calls.fetch_add(1, Relaxed);
-        metrics().api_lookups.fetch_add(1, Relaxed);
+        metrics().api_lookups.inc();
         let answer = match tokio::time::timeout(self.config.timeout, call).await {
             Ok(Ok(answer)) => Ok(answer),
             Ok(Err(e)) => Err(Failed::from_call(&e)),
@@ -534,7 +534,7 @@ impl Shared {
         };
         if answer.is_err() {
             self.errors.fetch_add(1, Relaxed);
-            metrics().api_errors.fetch_add(1, Relaxed);
+            metrics().api_errors.inc();
         }
         answer
     }
@@ -558,7 +558,7 @@ impl Shared {
         let mut jobs = Vec::new();
         let mut page_token = String::new();
         for _ in 0..MAX_LIST_PAGES {
-            metrics().api_list_calls.fetch_add(1, Relaxed);
+            metrics().api_list_calls.inc();
             let page = self
                 .call(
                     self.client
@@ -598,9 +598,7 @@ impl Shared {
         };
         // The API fell silent while this call waited for a slot: it is not made.
         if self.cache().silent(Instant::now()) {
-            metrics()
-                .api_not_asked
-                .fetch_add(keys.len() as u64, Relaxed);
+            metrics().api_not_asked.inc_by(keys.len() as u64);
             return;
         }
         match &fetch {
@@ -756,14 +754,6 @@ impl SchedulerApi {
                 Err(e)
             }
         }
-    }
-
-    /// Calls made and calls that failed, for the run summary.
-    pub fn counts(&self) -> (u64, u64) {
-        (
-            self.shared.calls.load(Relaxed),
-            self.shared.errors.load(Relaxed),
-        )
     }
 
     /// Every job of a location (`audit --project P --location L`), following pages.

@@ -5,7 +5,7 @@
 //! as fixed as what they say: no service-account keys, no audience tuning for a Google API
 //! target, no extra roles for a 401.
 
-pub mod fix;
+pub(crate) mod fix;
 pub mod target;
 
 use serde::{Deserialize, Serialize};
@@ -123,8 +123,8 @@ impl Diagnosis {
     }
 
     /// A diagnosis with placeholder texts, for state-machine tests.
-    #[doc(hidden)]
-    pub fn for_test(code: Code) -> Diagnosis {
+    #[cfg(test)]
+    pub(crate) fn for_test(code: Code) -> Diagnosis {
         Diagnosis {
             code,
             summary: String::new(),

@@ -325,19 +325,18 @@ pub async fn deliver_one(
     let mut attempt = 1u32;
     loop {
         let result = sink.send(alert).await;
-        metrics.receiver(sink.name(), |c| {
-            if attempt > 1 {
-                c.retrying -= 1;
+        let counts = metrics.receiver(sink.name());
+        if attempt > 1 {
+            counts.retrying.dec();
+        }
+        match &result {
+            Ok(()) => _ = counts.sent.inc(),
+            Err(DeliveryError::Permanent { .. }) => _ = counts.failed.inc(),
+            Err(DeliveryError::Retryable { .. }) => {
+                counts.retries.inc();
+                counts.retrying.inc();
             }
-            match &result {
-                Ok(()) => c.sent += 1,
-                Err(DeliveryError::Permanent { .. }) => c.failed += 1,
-                Err(DeliveryError::Retryable { .. }) => {
-                    c.retries += 1;
-                    c.retrying += 1;
-                }
-            }
-        });
+        }
         match result {
             Ok(()) => {
                 if attempt > 1 {

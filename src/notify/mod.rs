@@ -8,7 +8,7 @@
 //! `schedwatch-sinks` crate.
 
 pub mod deliver;
-pub mod route;
+pub(crate) mod route;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use schedwatch_sinks::alert::{

@@ -9,8 +9,8 @@
 //! "done" once its effect is committed.
 
 pub mod file;
-pub mod pubsub;
-pub mod push;
+pub(crate) mod pubsub;
+pub(crate) mod push;
 
 use google_cloud_pubsub::subscriber::handler::Handler;
 use tokio::sync::oneshot;

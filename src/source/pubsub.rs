@@ -10,7 +10,6 @@
 //! client at `http://HOST` with anonymous credentials; otherwise Application Default
 //! Credentials are used.
 
-use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use google_cloud_pubsub::client::Subscriber;
@@ -138,7 +137,7 @@ pub async fn probe(config: PubsubConfig, shutdown: CancellationToken) {
             Err(_) => Some("no answer within 3s".to_owned()),
         };
         let up = error.is_none();
-        metrics().pubsub_reachable.store(up as u64, Relaxed);
+        metrics().pubsub_reachable.set(up as i64);
         match (was, &error) {
             (Some(false), None) => {
                 tracing::info!(endpoint = %address, "Pub/Sub endpoint reachable again")
@@ -227,14 +226,14 @@ struct Connected;
 
 impl Connected {
     fn new() -> Connected {
-        metrics().streams_connected.fetch_add(1, Relaxed);
+        metrics().streams_connected.inc();
         Connected
     }
 }
 
 impl Drop for Connected {
     fn drop(&mut self) {
-        metrics().streams_connected.fetch_sub(1, Relaxed);
+        metrics().streams_connected.dec();
     }
 }
 

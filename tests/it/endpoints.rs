@@ -56,6 +56,39 @@ pub fn scrape(address: &str) -> BTreeMap<String, f64> {
     samples
 }
 
+/// `promtool check metrics` (Prometheus's own parser and linter) finds nothing to say about
+/// the service's `/metrics`.
+fn assert_promtool_clean(address: &str) {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let (status, text) = get(address, "/metrics");
+    assert_eq!(status, 200, "{text}");
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool is missing: scripts/test installs it (apt-get install prometheus)");
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = promtool.wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && said.trim().is_empty(),
+        "promtool check metrics: {}\n{said}\n{text}",
+        out.status
+    );
+}
+
 /// Polls until `done` holds for `what`; panics with the service's log after `timeout`.
 pub fn eventually(service: &mut Service, what: &str, timeout: Duration, done: impl Fn() -> bool) {
     let end = Instant::now() + timeout;
@@ -113,6 +146,8 @@ fn endpoints_follow_the_run_and_the_counters_move_as_messages_flow() {
     assert_eq!(before["schedwatch_messages_received_total"], 0.0);
     assert!(before["schedwatch_last_message_age_seconds"].is_nan());
     assert_eq!(before["schedwatch_pubsub_streams_connected"], 1.0);
+    // Opening and loading the store is no commit: store_commits_total counts commits only.
+    assert_eq!(before["schedwatch_store_commits_total"], 0.0);
 
     // The example's entries and one message that is not a log entry.
     let mut lines = lines_of(&example.join("logs.ndjson"));
@@ -178,6 +213,7 @@ fn endpoints_follow_the_run_and_the_counters_move_as_messages_flow() {
         timed
     );
     assert_eq!(m["schedwatch_store_commit_failures_total"], 0.0);
+    assert_promtool_clean(&address);
 
     // Pub/Sub gone: not ready (alive still), and the log says why.
     let emulator_port = emu.port();

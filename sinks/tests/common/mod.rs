@@ -1,221 +1,58 @@
-//! Test helpers: a loopback HTTP/1.1 receiver that records every request and answers as told,
-//! secrets in temporary files, and alerts made from CONTRACT section 4 JSON.
+//! Test helpers: a receiver that records every request and answers as told (on the loopback
+//! HTTP fake shared with the root crate's tests), secrets in temporary files, and alerts made
+//! from CONTRACT section 4 JSON.
 
 #![allow(dead_code)]
 
+#[path = "../../../tests/fake/http.rs"]
+mod http;
+
 use std::collections::VecDeque;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use schedwatch_sinks::{Alert, SecretRef};
 use serde_json::Value;
 
-/// One request as the receiver read it.
-#[derive(Debug, Clone)]
-pub struct Request {
-    pub method: String,
-    pub path: String,
-    /// Names lowercased, in arrival order.
-    pub headers: Vec<(String, String)>,
-    pub body: Vec<u8>,
-    /// When the whole request had arrived.
-    pub at: Instant,
+#[allow(unused_imports)] // not every test file uses each
+pub use http::{unused_port as closed_port, FakeServer, Request, Response};
+
+/// An answer: `status` with `body` (`.header(…)`, `.after(delay)` to add to it).
+pub fn answer(status: u16, body: &str) -> Response {
+    Response::new(status).body(body)
 }
 
-impl Request {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        let name = name.to_ascii_lowercase();
-        self.headers
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, v)| v.as_str())
-    }
-
-    pub fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).expect("the body is JSON")
-    }
-}
-
-/// What the receiver answers to one request.
-#[derive(Debug, Clone)]
-pub struct Answer {
-    pub status: u16,
-    pub headers: Vec<(String, String)>,
-    pub body: String,
-    /// Wait this long before answering (for timeouts).
-    pub delay: Option<Duration>,
-}
-
-impl Answer {
-    pub fn new(status: u16, body: &str) -> Answer {
-        Answer {
-            status,
-            headers: Vec::new(),
-            body: body.to_owned(),
-            delay: None,
-        }
-    }
-
-    pub fn header(mut self, name: &str, value: &str) -> Answer {
-        self.headers.push((name.to_owned(), value.to_owned()));
-        self
-    }
-
-    pub fn after(mut self, delay: Duration) -> Answer {
-        self.delay = Some(delay);
-        self
-    }
-}
-
-struct State {
-    requests: Vec<Request>,
-    /// Answers for the next requests, in order; then `default`.
-    queued: VecDeque<Answer>,
-    default: Answer,
-}
-
-/// An HTTP/1.1 server on 127.0.0.1, one thread per connection, keep-alive honoured. Lives until
-/// the test process ends.
+/// A receiver on the fake: answers the queued answers in order, then `default`.
 pub struct Receiver {
-    pub addr: SocketAddr,
-    state: Arc<Mutex<State>>,
+    server: FakeServer,
+    queued: Arc<Mutex<VecDeque<Response>>>,
 }
 
 impl Receiver {
     /// Starts a receiver answering `default` unless answers are queued.
-    pub fn start(default: Answer) -> Receiver {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let state = Arc::new(Mutex::new(State {
-            requests: Vec::new(),
-            queued: VecDeque::new(),
-            default,
-        }));
-        let shared = Arc::clone(&state);
-        std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(stream) = stream else { continue };
-                let state = Arc::clone(&shared);
-                std::thread::spawn(move || serve(stream, &state));
-            }
+    pub fn start(default: Response) -> Receiver {
+        let queued = Arc::<Mutex<VecDeque<Response>>>::default();
+        let next = Arc::clone(&queued);
+        let server = FakeServer::start(move |_| {
+            let queued = next.lock().unwrap().pop_front();
+            queued.unwrap_or_else(|| default.clone())
         });
-        Receiver { addr, state }
+        Receiver { server, queued }
     }
 
     /// `http://127.0.0.1:PORT{path}`.
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
+        format!("{}{path}", self.server.url())
     }
 
     /// Queues the answer to the next unanswered request.
-    pub fn answer_next(&self, answer: Answer) {
-        self.state.lock().unwrap().queued.push_back(answer);
+    pub fn answer_next(&self, answer: Response) {
+        self.queued.lock().unwrap().push_back(answer);
     }
 
     pub fn requests(&self) -> Vec<Request> {
-        self.state.lock().unwrap().requests.clone()
+        self.server.requests()
     }
-}
-
-fn serve(stream: TcpStream, state: &Mutex<State>) {
-    let mut writer = stream.try_clone().unwrap();
-    let mut reader = BufReader::new(stream);
-    loop {
-        let Some(request) = read_request(&mut reader) else {
-            return;
-        };
-        let answer = {
-            let mut s = state.lock().unwrap();
-            s.requests.push(request);
-            let default = s.default.clone();
-            s.queued.pop_front().unwrap_or(default)
-        };
-        if let Some(delay) = answer.delay {
-            std::thread::sleep(delay);
-        }
-        let mut out = format!("HTTP/1.1 {} {}\r\n", answer.status, reason(answer.status));
-        for (name, value) in &answer.headers {
-            out.push_str(&format!("{name}: {value}\r\n"));
-        }
-        out.push_str(&format!(
-            "content-length: {}\r\n\r\n{}",
-            answer.body.len(),
-            answer.body
-        ));
-        if writer.write_all(out.as_bytes()).is_err() {
-            return;
-        }
-    }
-}
-
-fn read_request(reader: &mut BufReader<TcpStream>) -> Option<Request> {
-    let mut line = String::new();
-    if reader.read_line(&mut line).ok()? == 0 {
-        return None;
-    }
-    let mut parts = line.split_whitespace();
-    let method = parts.next()?.to_owned();
-    let path = parts.next()?.to_owned();
-    let mut headers = Vec::new();
-    loop {
-        let mut line = String::new();
-        reader.read_line(&mut line).ok()?;
-        let line = line.trim_end();
-        if line.is_empty() {
-            break;
-        }
-        let (name, value) = line.split_once(':')?;
-        headers.push((name.trim().to_ascii_lowercase(), value.trim().to_owned()));
-    }
-    let find = |n: &str| headers.iter().find(|(h, _)| h == n).map(|(_, v)| v.clone());
-    let mut body = Vec::new();
-    if let Some(length) = find("content-length") {
-        body.resize(length.parse().ok()?, 0);
-        reader.read_exact(&mut body).ok()?;
-    } else if find("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
-        loop {
-            let mut size = String::new();
-            reader.read_line(&mut size).ok()?;
-            let size = usize::from_str_radix(size.trim(), 16).ok()?;
-            let mut chunk = vec![0; size + 2];
-            reader.read_exact(&mut chunk).ok()?;
-            if size == 0 {
-                break;
-            }
-            body.extend_from_slice(&chunk[..size]);
-        }
-    }
-    Some(Request {
-        method,
-        path,
-        headers,
-        body,
-        at: Instant::now(),
-    })
-}
-
-fn reason(status: u16) -> &'static str {
-    match status {
-        200 => "OK",
-        202 => "Accepted",
-        400 => "Bad Request",
-        404 => "Not Found",
-        429 => "Too Many Requests",
-        500 => "Internal Server Error",
-        _ => "Whatever",
-    }
-}
-
-/// A loopback port nothing listens on (bound, then released).
-pub fn closed_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Secrets written to files in a temporary directory, as `{ file = … }` references.
