@@ -29,7 +29,7 @@ pub trait Sink: Send + Sync {
 
 /// Why a delivery attempt failed. Reasons never contain secrets (webhook URLs, tokens,
 /// passwords): they name the receiver's kind, the status and the answer's first bytes, which
-/// go through [`quote`].
+/// go through `quote` (secrets redacted, controls escaped).
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum DeliveryError {
     /// Worth trying again: a 5xx, a 429, a timeout, a refused connection.

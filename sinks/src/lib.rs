@@ -8,7 +8,7 @@
 //! - [`terminal`]: the terminal view of an alert (`--format text`).
 //! - [`stdout`]: the stdout receiver, and the formats and printer every printing receiver
 //!   shares (NDJSON or the terminal view); a stdout closed at start fails every write.
-//! - [`file`]: the file receiver, alerts appended.
+//! - [`file`](mod@file): the file receiver, alerts appended.
 //! - [`delivery`]: the [`Sink`] interface and what a delivery attempt ends in.
 //! - [`escape`]: untrusted text made safe to show a person (controls and bidi characters
 //!   escaped), for every human-facing rendering.

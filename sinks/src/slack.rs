@@ -18,8 +18,8 @@
 //! ([`crate::escape`]), so it cannot add lines or reorder what people read.
 //!
 //! Slack accepts about one message per second per webhook: the sink waits before a send that
-//! would come sooner than [`MIN_INTERVAL`] after the previous one to the same webhook, or sooner
-//! than a `Retry-After` allowed.
+//! would come sooner than one second (`MIN_INTERVAL`) after the previous one to the same
+//! webhook, or sooner than a `Retry-After` allowed.
 //!
 //! ```toml
 //! [[receivers]]

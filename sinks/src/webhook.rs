@@ -7,7 +7,7 @@
 //! - `Content-Type: application/json`;
 //! - `X-Schedwatch-Event: firing | repeat | resolved`;
 //! - `X-Schedwatch-Delivery: <incident_id>:<event>:<failure.count>`, identical on every retry of
-//!   one event, so a receiver can drop duplicates ([`delivery_id`]);
+//!   one event, so a receiver can drop duplicates (`delivery_id`);
 //! - `X-Schedwatch-Signature: sha256=<hex>` when `signing_secret` is set: HMAC-SHA256 of the
 //!   exact body bytes, keyed with the secret ([`sign`]). Receivers recompute it over the raw
 //!   body, before parsing, and compare in constant time;
