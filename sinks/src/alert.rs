@@ -34,7 +34,7 @@ impl EventKind {
     }
 
     /// The word a person reads for the event: `FIRING`, `STILL FAILING`, `RESOLVED`. The one
-    /// spelling of every human rendering (the terminal view, email, Slack, [`Alert::title`]).
+    /// spelling of every human rendering (the terminal view, email, Slack).
     pub fn word(self) -> &'static str {
         match self {
             EventKind::Firing => "FIRING",
@@ -152,20 +152,6 @@ pub struct AlertFix {
     pub gcloud: String,
     /// The Terraform equivalent (HCL).
     pub terraform: String,
-}
-
-impl Alert {
-    /// A one-line title: event, job and cause. Used by sinks with a subject or header.
-    pub fn title(&self) -> String {
-        format!(
-            "[{}] {}/{}/{}: {}",
-            self.event.word(),
-            self.job.project,
-            self.job.location,
-            self.job.id,
-            self.diagnosis.code
-        )
-    }
 }
 
 fn rfc3339<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {

@@ -39,15 +39,6 @@ impl Security {
             Security::Plain => 25,
         }
     }
-
-    /// The config spelling: `starttls`, `tls`, `plain`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Security::Starttls => "starttls",
-            Security::Tls => "tls",
-            Security::Plain => "plain",
-        }
-    }
 }
 
 /// The SMTP username: written in the config (`username = "alerts@example.com"`) or, when the

@@ -139,7 +139,7 @@ impl EmailSink {
     }
 
     /// The subject this sink gives an alert (with its configured prefix).
-    pub fn subject(&self, alert: &Alert) -> String {
+    fn subject(&self, alert: &Alert) -> String {
         render_subject_with_prefix(&self.subject_prefix, alert)
     }
 
