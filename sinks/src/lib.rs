@@ -5,7 +5,7 @@
 //! event it delivers.
 //!
 //! - [`alert`]: [`Alert`], the `schedwatch.alert.v1` event, and its parts.
-//! - [`terminal`]: the terminal view of an alert (`--format text`).
+//! - `terminal`: the terminal view of an alert (`--format text`), printed by [`Printer`].
 //! - [`stdout`]: the stdout receiver, and the formats and printer every printing receiver
 //!   shares (NDJSON or the terminal view); a stdout closed at start fails every write.
 //! - [`file`](mod@file): the file receiver, alerts appended.
@@ -28,7 +28,7 @@ pub(crate) mod redact;
 pub mod secret;
 pub mod slack;
 pub mod stdout;
-pub mod terminal;
+pub(crate) mod terminal;
 pub mod webhook;
 
 pub use alert::{

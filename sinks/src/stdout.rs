@@ -3,7 +3,7 @@
 //! [`crate::file`]).
 //!
 //! A format is `json` (one CONTRACT section 4 event a line, NDJSON) or `text` (the terminal
-//! view, [`crate::terminal`]). Each alert is flushed as soon as it is printed, so a reader
+//! view, `crate::terminal`). Each alert is flushed as soon as it is printed, so a reader
 //! piping the output sees it at once.
 
 use std::io::{self, Write};
