@@ -4,13 +4,13 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use schedwatch_sinks::{Alert, NdjsonSink, Sink};
+use schedwatch_sinks::stdout::{stdout, StdoutReceiver};
+use schedwatch_sinks::{Alert, Printer, Sink};
 
 use crate::cli::{AuditArgs, CheckConfigArgs, ReplayArgs, RunArgs, SendTestArgs};
 use crate::config::{Config, Format, Loaded};
 use crate::correlate::{AuthSource, Correlator, Inventory, SchedulerApi, SchedulerApiConfig};
 use crate::diagnose::Diagnoser;
-use crate::notify::deliver::StdoutReceiver;
 use crate::pipeline::Pipeline;
 use crate::source::file::{self, FileError};
 
@@ -337,7 +337,7 @@ pub fn audit(args: AuditArgs) -> anyhow::Result<ExitCode> {
     let mut any = false;
     // Findings are the command's answer: a stdout that was closed is an error (exit 1), not
     // an audit that found nothing.
-    let mut out = io::BufWriter::new(crate::notify::deliver::stdout());
+    let mut out = io::BufWriter::new(stdout());
     print_findings(&mut out, &jobs, &diagnoser, source, args.format, &mut any)
         .and_then(|()| out.flush())
         .map_err(|e| anyhow::anyhow!("cannot print findings to stdout: {e}"))?;
@@ -413,11 +413,11 @@ fn feed(
     formats: &[Format],
     mut inline: Option<&mut Inline>,
 ) -> anyhow::Result<()> {
-    let mut sink = NdjsonSink::new(crate::notify::deliver::stdout());
+    let mut printer = Printer::new(stdout(), formats.to_vec());
     let printed = std::cell::Cell::new(0u64);
     let mut emit = |alerts: &[Alert]| -> io::Result<()> {
         for alert in alerts {
-            crate::notify::deliver::print_alert(&mut sink, formats, alert)?;
+            printer.print(alert)?;
             if !formats.is_empty() {
                 printed.set(printed.get() + 1);
             }

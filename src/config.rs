@@ -205,16 +205,8 @@ pub struct FileConfig {
     pub format: Format,
 }
 
-/// An output format.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum Format {
-    /// One JSON event per line (NDJSON).
-    #[default]
-    Json,
-    /// Readable text with the fix commands.
-    Text,
-}
+/// An output format: `json` or `text`, for receivers and the command line alike.
+pub use schedwatch_sinks::Format;
 
 /// A config error, with the line it is on when known.
 #[derive(Debug, thiserror::Error)]

@@ -25,9 +25,10 @@
 //! - [`correlate`]: the job's config from the inventory files or the Cloud Scheduler API.
 //! - [`diagnose`]: CONTRACT section 3's rule table → code, confidence, words and the fix
 //!   (`gcloud` + Terraform).
-//! - [`notify`]: turns an incident transition into the CONTRACT section 4 alert and renders the
-//!   terminal view; [`notify::route`] picks the receivers (`[[routes]]`) and
-//!   [`notify::deliver`] builds them and runs a retrying queue per receiver.
+//! - [`notify`]: turns an incident transition into the CONTRACT section 4 alert;
+//!   [`notify::route`] picks the receivers (`[[routes]]`) and [`notify::deliver`] builds them
+//!   and runs a retrying queue per receiver. Every receiver, and every view of an alert (the
+//!   terminal view, NDJSON, email, Slack), lives in `schedwatch-sinks`.
 //! - [`pipeline`]: the stages joined; every door (`replay`, `run`) calls the same
 //!   [`pipeline::Pipeline::process_item`].
 //! - [`store`]: the durable state of `run` (incidents, dedup keys, the outbox), committed a

@@ -10,7 +10,7 @@ use schedwatch::config::ConfigError;
 
 fn main() -> ExitCode {
     if closed_stdout::at_start() {
-        schedwatch::notify::deliver::stdout_was_closed();
+        schedwatch_sinks::stdout::stdout_was_closed();
     }
     let cli = Cli::parse();
     let default_level = match cli.command {

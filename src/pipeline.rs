@@ -97,9 +97,12 @@ impl Stats {
         } else {
             format!(" ({})", dropped.join(", "))
         };
-        let by_event: Vec<String> = ["firing", "repeat", "resolved"]
-            .iter()
-            .map(|e| format!("{} {e}", self.alerts.get(e).copied().unwrap_or(0)))
+        let by_event: Vec<String> = EventKind::ALL
+            .map(|e| {
+                let n = self.alerts.get(e.as_str()).copied().unwrap_or(0);
+                format!("{n} {}", e.as_str())
+            })
+            .into_iter()
             .collect();
         format!(
             "{} entries read, {skipped}, {} duplicates; {} finished attempts ({} auth failures, {} successes, {} other failures); \

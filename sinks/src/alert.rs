@@ -21,12 +21,25 @@ pub enum EventKind {
 }
 
 impl EventKind {
+    /// Every event, in the order an incident meets them.
+    pub const ALL: [EventKind; 3] = [EventKind::Firing, EventKind::Repeat, EventKind::Resolved];
+
     /// The contract's spelling: `firing`, `repeat`, `resolved`.
     pub fn as_str(self) -> &'static str {
         match self {
             EventKind::Firing => "firing",
             EventKind::Repeat => "repeat",
             EventKind::Resolved => "resolved",
+        }
+    }
+
+    /// The word a person reads for the event: `FIRING`, `STILL FAILING`, `RESOLVED`. The one
+    /// spelling of every human rendering (the terminal view, email, Slack).
+    pub fn word(self) -> &'static str {
+        match self {
+            EventKind::Firing => "FIRING",
+            EventKind::Repeat => "STILL FAILING",
+            EventKind::Resolved => "RESOLVED",
         }
     }
 }
@@ -139,21 +152,6 @@ pub struct AlertFix {
     pub gcloud: String,
     /// The Terraform equivalent (HCL).
     pub terraform: String,
-}
-
-impl Alert {
-    /// A one-line title: event, job and cause. Used by sinks with a subject or header.
-    pub fn title(&self) -> String {
-        let what = match self.event {
-            EventKind::Firing => "FIRING",
-            EventKind::Repeat => "STILL FAILING",
-            EventKind::Resolved => "RESOLVED",
-        };
-        format!(
-            "[{what}] {}/{}/{}: {}",
-            self.job.project, self.job.location, self.job.id, self.diagnosis.code
-        )
-    }
 }
 
 fn rfc3339<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {

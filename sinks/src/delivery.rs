@@ -29,7 +29,7 @@ pub trait Sink: Send + Sync {
 
 /// Why a delivery attempt failed. Reasons never contain secrets (webhook URLs, tokens,
 /// passwords): they name the receiver's kind, the status and the answer's first bytes, which
-/// go through [`quote`].
+/// go through `quote` (secrets redacted, controls escaped).
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum DeliveryError {
     /// Worth trying again: a 5xx, a 429, a timeout, a refused connection.
@@ -68,7 +68,7 @@ pub const MAX_QUOTED: usize = 300;
 /// control and invisible characters escaped (`\n`, `\u{1b}`…), so it cannot forge a log line
 /// or drive a terminal, then cut to [`MAX_QUOTED`] bytes (ending in `…` when cut). `cut`: `said`
 /// is itself only the start of the answer. The one way a receiver's words reach an error.
-pub fn quote(said: &[u8], cut: bool, secrets: &Redactor) -> String {
+pub(crate) fn quote(said: &[u8], cut: bool, secrets: &Redactor) -> String {
     let text = secrets.redact(said, cut);
     let text = text.trim();
     let mut out = String::with_capacity(text.len().min(MAX_QUOTED));
@@ -91,7 +91,7 @@ pub fn quote(said: &[u8], cut: bool, secrets: &Redactor) -> String {
 /// `Retry-After` in seconds when given); any other status permanent. `what` names the sink
 /// ("Slack", "webhook receiver"…); `body` (the first [`ANSWER_BYTES`] at most) is [`quote`]d,
 /// without `secrets`.
-pub fn http_outcome(
+pub(crate) fn http_outcome(
     what: &str,
     status: u16,
     retry_after: Option<&str>,
@@ -116,7 +116,7 @@ pub fn http_outcome(
 /// Maps a transport error (no HTTP answer) to a retryable outcome: what failed and why (the
 /// error and its causes), without the URL, and [`quote`]d without `secrets` in case a cause
 /// quotes the URL or a header anyway.
-pub fn transport_error(what: &str, e: reqwest::Error, secrets: &Redactor) -> DeliveryError {
+pub(crate) fn transport_error(what: &str, e: reqwest::Error, secrets: &Redactor) -> DeliveryError {
     let kind = if e.is_timeout() {
         "timed out"
     } else if e.is_connect() {
@@ -148,7 +148,7 @@ pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How much of an answer's body is read: secrets are redacted in all of it before the quote is
 /// cut to [`MAX_QUOTED`] bytes, so a secret that starts inside the quote is found whole, even
 /// encoded three times over (up to 9 bytes a character); reading more would only be thrown away.
-pub const ANSWER_BYTES: usize = 4096;
+pub(crate) const ANSWER_BYTES: usize = 4096;
 
 pub(crate) fn default_timeout() -> Duration {
     DEFAULT_TIMEOUT

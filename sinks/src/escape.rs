@@ -6,7 +6,7 @@
 //! Values from log entries and job configs (a URL, a status, a service account, an audience)
 //! reach terminals, log files, Slack, email and PagerDuty. Raw, an ESC drives the terminal, a
 //! newline forges a log line or a paragraph, a bidi override shows text in another order than it
-//! is. Every human-facing rendering goes through [`line`] (a value on one line) or [`lines`]
+//! is. Every human-facing rendering goes through [`line()`] (a value on one line) or [`lines`]
 //! (a multi-line text such as a fix, whose own line breaks stay). The JSON alert does not: JSON
 //! escapes on its own, and its values stay exact.
 

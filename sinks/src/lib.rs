@@ -5,12 +5,15 @@
 //! event it delivers.
 //!
 //! - [`alert`]: [`Alert`], the `schedwatch.alert.v1` event, and its parts.
-//! - [`stdout`]: the NDJSON sink (`--format json`), one event per line.
+//! - `terminal`: the terminal view of an alert (`--format text`), printed by [`Printer`].
+//! - [`stdout`]: the stdout receiver, and the formats and printer every printing receiver
+//!   shares (NDJSON or the terminal view); a stdout closed at start fails every write.
+//! - [`file`](mod@file): the file receiver, alerts appended.
 //! - [`delivery`]: the [`Sink`] interface and what a delivery attempt ends in.
 //! - [`escape`]: untrusted text made safe to show a person (controls and bidi characters
 //!   escaped), for every human-facing rendering.
 //! - [`secret`]: secrets from env or files, never printed.
-//! - [`redact`]: every form of a sink's secrets, removed from what its receiver answers.
+//! - `redact`: every form of a sink's secrets, removed from what its receiver answers.
 //! - [`slack`], [`webhook`], [`pagerduty`]: the HTTP sinks.
 //! - [`email`]: SMTP through lettre.
 #![deny(missing_docs)]
@@ -19,11 +22,13 @@ pub mod alert;
 pub mod delivery;
 pub mod email;
 pub mod escape;
+pub mod file;
 pub mod pagerduty;
-pub mod redact;
+pub(crate) mod redact;
 pub mod secret;
 pub mod slack;
 pub mod stdout;
+pub(crate) mod terminal;
 pub mod webhook;
 
 pub use alert::{
@@ -31,4 +36,4 @@ pub use alert::{
 };
 pub use delivery::{DeliveryError, Sink};
 pub use secret::{Secret, SecretRef};
-pub use stdout::NdjsonSink;
+pub use stdout::{Format, Printer};

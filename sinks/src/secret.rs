@@ -70,11 +70,6 @@ impl SecretRef {
 pub struct Secret(String);
 
 impl Secret {
-    /// A secret from a value (tests, and values read by other means).
-    pub fn new(value: impl Into<String>) -> Secret {
-        Secret(value.into())
-    }
-
     /// The value, for the one place that sends it.
     pub fn expose(&self) -> &str {
         &self.0

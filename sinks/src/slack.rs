@@ -18,8 +18,8 @@
 //! ([`crate::escape`]), so it cannot add lines or reorder what people read.
 //!
 //! Slack accepts about one message per second per webhook: the sink waits before a send that
-//! would come sooner than [`MIN_INTERVAL`] after the previous one to the same webhook, or sooner
-//! than a `Retry-After` allowed.
+//! would come sooner than one second (`MIN_INTERVAL`) after the previous one to the same
+//! webhook, or sooner than a `Retry-After` allowed.
 //!
 //! ```toml
 //! [[receivers]]
@@ -53,13 +53,13 @@ const WHAT: &str = "Slack";
 /// Slack's limit on blocks in one message.
 pub const MAX_BLOCKS: usize = 50;
 /// Slack's limit on a section's text (and on the top-level `text` we send).
-pub const MAX_SECTION_TEXT: usize = 3000;
+pub(crate) const MAX_SECTION_TEXT: usize = 3000;
 /// Slack's limit on one section field.
-pub const MAX_FIELD_TEXT: usize = 2000;
+pub(crate) const MAX_FIELD_TEXT: usize = 2000;
 /// Slack's limit on a header's plain text.
-pub const MAX_HEADER_TEXT: usize = 150;
+pub(crate) const MAX_HEADER_TEXT: usize = 150;
 /// Slack's rate for incoming webhooks: one message per second.
-pub const MIN_INTERVAL: Duration = Duration::from_secs(1);
+pub(crate) const MIN_INTERVAL: Duration = Duration::from_secs(1);
 /// Ends a fix that was cut to fit its block.
 pub const TRUNCATION_NOTE: &str = "… (truncated; full fix in the runbook / alert JSON)";
 
@@ -200,18 +200,19 @@ pub fn render(alert: &Alert) -> Value {
     })
 }
 
-/// The emoji and the word for each event.
-fn state(event: EventKind) -> (&'static str, &'static str) {
+/// The emoji and the words for each event: [`EventKind::word`], and for a repeat its contract
+/// name too, so the channel tells a reminder from a new incident.
+fn state(event: EventKind) -> (&'static str, String) {
     match event {
-        EventKind::Firing => (":rotating_light:", "FIRING"),
-        EventKind::Repeat => (":repeat:", "STILL FAILING (repeat)"),
-        EventKind::Resolved => (":white_check_mark:", "RESOLVED"),
+        EventKind::Firing => (":rotating_light:", event.word().to_owned()),
+        EventKind::Repeat => (":repeat:", format!("{} ({})", event.word(), event.as_str())),
+        EventKind::Resolved => (":white_check_mark:", event.word().to_owned()),
     }
 }
 
 /// The header's plain text: state, job id and diagnosis code, at most [`MAX_HEADER_TEXT`]
 /// characters. Plain text needs no escaping.
-pub fn header_text(alert: &Alert) -> String {
+pub(crate) fn header_text(alert: &Alert) -> String {
     let (emoji, word) = state(alert.event);
     let text = format!(
         "{emoji} {word}: {} — {}",
@@ -223,7 +224,7 @@ pub fn header_text(alert: &Alert) -> String {
 
 /// The top-level `text`: one line naming the state, the job, the cause and the count (or when
 /// it resolved), shown in notifications and by clients without Block Kit.
-pub fn fallback_text(alert: &Alert) -> String {
+pub(crate) fn fallback_text(alert: &Alert) -> String {
     let (emoji, word) = state(alert.event);
     let job = format!(
         "{}/{}/{}",

@@ -7,7 +7,7 @@
 //! - `Content-Type: application/json`;
 //! - `X-Schedwatch-Event: firing | repeat | resolved`;
 //! - `X-Schedwatch-Delivery: <incident_id>:<event>:<failure.count>`, identical on every retry of
-//!   one event, so a receiver can drop duplicates ([`delivery_id`]);
+//!   one event, so a receiver can drop duplicates (`delivery_id`);
 //! - `X-Schedwatch-Signature: sha256=<hex>` when `signing_secret` is set: HMAC-SHA256 of the
 //!   exact body bytes, keyed with the secret ([`sign`]). Receivers recompute it over the raw
 //!   body, before parsing, and compare in constant time;
@@ -44,11 +44,11 @@ use crate::{Alert, DeliveryError, Secret, SecretRef, Sink};
 const WHAT: &str = "webhook receiver";
 
 /// The event header: `firing`, `repeat` or `resolved`.
-pub const EVENT_HEADER: &str = "x-schedwatch-event";
+pub(crate) const EVENT_HEADER: &str = "x-schedwatch-event";
 /// The idempotency header: `<incident_id>:<event>:<failure.count>`.
-pub const DELIVERY_HEADER: &str = "x-schedwatch-delivery";
+pub(crate) const DELIVERY_HEADER: &str = "x-schedwatch-delivery";
 /// The signature header: `sha256=<hex HMAC-SHA256 of the body>`.
-pub const SIGNATURE_HEADER: &str = "x-schedwatch-signature";
+pub(crate) const SIGNATURE_HEADER: &str = "x-schedwatch-signature";
 
 /// A `[receivers.webhook]` table.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -218,7 +218,7 @@ pub fn body(alert: &Alert) -> Vec<u8> {
 
 /// `<incident_id>:<event>:<failure.count>`, the value of `X-Schedwatch-Delivery`. Bytes a header
 /// cannot carry (outside visible ASCII) and `%` are percent-encoded.
-pub fn delivery_id(alert: &Alert) -> String {
+pub(crate) fn delivery_id(alert: &Alert) -> String {
     let raw = format!(
         "{}:{}:{}",
         alert.incident_id,

@@ -4,7 +4,7 @@
 //! aiosmtpd is installed with pip when missing; when it cannot be had, the tests fail and say
 //! so: an email sink tested against nothing is not tested.
 //!
-//! `UPDATE_SNAPSHOTS=1 cargo test -p schedwatch-sinks --test email` rewrites the snapshots in
+//! `INSTA_UPDATE=always cargo test -p schedwatch-sinks --test email` rewrites the snapshots in
 //! `tests/snapshots/`.
 
 mod common;
@@ -787,42 +787,15 @@ fn log_text_cannot_inject_html_or_a_script_link() {
     assert!(!html.contains("href=\"javascript:"), "{html}");
 }
 
+/// The bodies, checked in as insta snapshots in `tests/snapshots/`. A difference fails the
+/// test and writes nothing (`.config/insta.yaml`); after a deliberate change,
+/// `INSTA_UPDATE=always cargo test -p schedwatch-sinks --test email` rewrites them for review
+/// in the diff.
 #[test]
 fn firing_and_resolved_bodies_match_the_snapshots() {
-    assert_snapshot("email_firing.txt", &render_text(&firing()));
-    assert_snapshot("email_firing.html", &render_html(&firing()));
-    assert_snapshot("email_resolved.txt", &render_text(&resolved()));
-}
-
-/// Compares with `tests/snapshots/NAME`, or rewrites it when `UPDATE_SNAPSHOTS=1`.
-fn assert_snapshot(name: &str, actual: &str) {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/snapshots")
-        .join(name);
-    if std::env::var("UPDATE_SNAPSHOTS").is_ok_and(|v| v == "1") {
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(&path, actual).unwrap();
-        return;
-    }
-    let expected = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-        panic!(
-            "snapshot {}: {e}; run with UPDATE_SNAPSHOTS=1 to write it",
-            path.display()
-        )
+    insta::with_settings!({prepend_module_to_snapshot => false}, {
+        insta::assert_snapshot!("email_firing_text", render_text(&firing()));
+        insta::assert_snapshot!("email_firing_html", render_html(&firing()));
+        insta::assert_snapshot!("email_resolved_text", render_text(&resolved()));
     });
-    if expected != actual {
-        let (n, (want, got)) = expected
-            .lines()
-            .chain(std::iter::repeat("<end>"))
-            .zip(actual.lines().chain(std::iter::repeat("<end>")))
-            .enumerate()
-            .find(|(_, (a, b))| a != b)
-            .unwrap_or((0, ("(line endings differ)", "")));
-        panic!(
-            "{name} differs from its snapshot at line {}:\n  snapshot: {want:?}\n  now:      {got:?}\n\
-             full output:\n{actual}\nIf the change is intended, rerun with UPDATE_SNAPSHOTS=1 and \
-             review the diff.",
-            n + 1
-        );
-    }
 }

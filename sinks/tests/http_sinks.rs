@@ -233,36 +233,15 @@ fn slack_escapes_log_derived_text() {
     }
 }
 
-/// The firing message, checked in. `UPDATE_SNAPSHOTS=1 cargo test -p schedwatch-sinks` rewrites
-/// it after a deliberate change.
+/// The firing message, checked in as an insta snapshot in `tests/snapshots/`. A difference
+/// fails the test and writes nothing (`.config/insta.yaml`); after a deliberate change,
+/// `INSTA_UPDATE=always cargo test -p schedwatch-sinks` rewrites it for review in the diff.
 #[test]
 fn slack_firing_snapshot() {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/snapshots/slack_firing.json"
-    );
-    let actual = serde_json::to_string_pretty(&slack::render(&firing())).unwrap() + "\n";
-    if std::env::var_os("UPDATE_SNAPSHOTS").is_some_and(|v| v == "1") {
-        std::fs::write(path, &actual).unwrap();
-        return;
-    }
-    let expected = std::fs::read_to_string(path)
-        .unwrap_or_else(|e| panic!("{path}: {e}; run with UPDATE_SNAPSHOTS=1 to create it"));
-    if actual != expected {
-        let (line, (want, got)) = expected
-            .lines()
-            .chain(std::iter::repeat("<end of file>"))
-            .zip(actual.lines().chain(std::iter::repeat("<end of file>")))
-            .enumerate()
-            .find(|(_, (a, b))| a != b)
-            .unwrap();
-        panic!(
-            "the Slack message differs from {path}, first at line {}:\n  expected: {want}\n  \
-             actual:   {got}\nIf the change is intended, rerun with UPDATE_SNAPSHOTS=1 and \
-             review the diff.",
-            line + 1
-        );
-    }
+    let message = serde_json::to_string_pretty(&slack::render(&firing())).unwrap();
+    insta::with_settings!({prepend_module_to_snapshot => false}, {
+        insta::assert_snapshot!("slack_firing", message);
+    });
 }
 
 // ---- Slack: delivery ----
@@ -439,6 +418,17 @@ async fn webhook_posts_the_contract_json_signed_with_its_headers() {
         requests[1].header("x-schedwatch-delivery"),
         Some("4f1c2a9e7b3d5c01:repeat:12")
     );
+}
+
+/// The body exactly as sent (the CONTRACT section 4 JSON, one line), checked in as insta
+/// snapshots (see `slack_firing_snapshot`).
+#[test]
+fn webhook_body_snapshots() {
+    let body = |alert| String::from_utf8(schedwatch_sinks::webhook::body(&alert)).unwrap();
+    insta::with_settings!({prepend_module_to_snapshot => false}, {
+        insta::assert_snapshot!("webhook_firing", body(firing()));
+        insta::assert_snapshot!("webhook_resolved", body(resolved()));
+    });
 }
 
 #[tokio::test]
@@ -618,6 +608,18 @@ async fn pagerduty_triggers_on_firing_and_resolves_on_resolved() {
         requests[2].json(),
         json!({"routing_key": ROUTING_KEY, "event_action": "resolve", "dedup_key": "4f1c2a9e7b3d5c01"})
     );
+}
+
+/// The trigger and resolve events, checked in as insta snapshots (see `slack_firing_snapshot`).
+#[test]
+fn pagerduty_event_snapshots() {
+    let none = BTreeMap::new();
+    let trigger = serde_json::to_string_pretty(&pagerduty::render(&firing(), &none)).unwrap();
+    let resolve = serde_json::to_string_pretty(&pagerduty::render(&resolved(), &none)).unwrap();
+    insta::with_settings!({prepend_module_to_snapshot => false}, {
+        insta::assert_snapshot!("pagerduty_trigger", trigger);
+        insta::assert_snapshot!("pagerduty_resolve", resolve);
+    });
 }
 
 #[test]

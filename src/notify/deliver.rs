@@ -14,21 +14,20 @@
 //! it never loses one. Permanent failures (other 4xx, a rejected address) are logged with the
 //! reason, counted and recorded as failed, never retried.
 
-use std::io::{self, Write};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use schedwatch_sinks::delivery::BoxFuture;
 use schedwatch_sinks::email::EmailSink;
+use schedwatch_sinks::file::FileReceiver;
 use schedwatch_sinks::pagerduty::PagerDutySink;
 use schedwatch_sinks::slack::SlackSink;
+use schedwatch_sinks::stdout::StdoutReceiver;
 use schedwatch_sinks::webhook::WebhookSink;
-use schedwatch_sinks::{Alert, DeliveryError, NdjsonSink, Sink};
+use schedwatch_sinks::{Alert, DeliveryError, Sink};
 use tokio::sync::mpsc;
 
 use super::route::{RouteConfig, Router};
-use crate::config::{Format, ReceiverConfig};
+use crate::config::ReceiverConfig;
 use crate::store::OutboxRow;
 
 /// The name of the stdout receiver `run --format` adds: it prints every alert, whatever the
@@ -58,7 +57,7 @@ pub fn receiver(r: &ReceiverConfig) -> anyhow::Result<Arc<dyn Sink>> {
     let sink: Arc<dyn Sink> = if let Some(s) = &r.stdout {
         Arc::new(StdoutReceiver::stdout(&r.name, vec![s.format]))
     } else if let Some(f) = &r.file {
-        Arc::new(WriterReceiver::file(&r.name, &f.path, f.format).map_err(|e| context(&e))?)
+        Arc::new(FileReceiver::file(&r.name, &f.path, f.format).map_err(|e| context(&e))?)
     } else if let Some(c) = &r.slack {
         Arc::new(SlackSink::new(&r.name, c).map_err(|e| context(&e))?)
     } else if let Some(c) = &r.webhook {
@@ -71,151 +70,6 @@ pub fn receiver(r: &ReceiverConfig) -> anyhow::Result<Arc<dyn Sink>> {
         unreachable!("kinds() == 1")
     };
     Ok(sink)
-}
-
-/// Prints alerts to a writer — stdout, or a file appended to — flushed after each: NDJSON
-/// (CONTRACT section 4) or the readable text view.
-pub struct WriterReceiver<W: Write + Send> {
-    name: String,
-    formats: Vec<Format>,
-    /// Names the writer in delivery errors.
-    label: String,
-    /// Whether a write error may pass (a full disk) or will not (stdout closed).
-    retry_errors: bool,
-    out: Mutex<NdjsonSink<W>>,
-}
-
-/// A stdout receiver.
-pub type StdoutReceiver = WriterReceiver<Stdout>;
-
-/// Whether fd 1 was closed when schedwatch started (`schedwatch replay … >&-`).
-static STDOUT_CLOSED: AtomicBool = AtomicBool::new(false);
-
-/// Tells every [`Stdout`] that fd 1 was closed when the process started. Rust's runtime opens
-/// `/dev/null` in its place before `main` (so that no file opened later becomes "stdout"), and
-/// writes there succeed: without this, alerts printed to a closed stdout would be counted as
-/// sent. `main` finds out before the runtime starts and calls this first thing.
-pub fn stdout_was_closed() {
-    STDOUT_CLOSED.store(true, Ordering::Relaxed);
-}
-
-/// Standard output for alerts, where a write error is an error: stdout closed when schedwatch
-/// started fails every write, as a closed descriptor would (`EBADF`), and a pipe whose reader
-/// has gone fails with `EPIPE` (Rust programs ignore SIGPIPE, so it surfaces as an error).
-#[derive(Debug, Default)]
-pub struct Stdout(());
-
-/// stdout for alerts (see [`Stdout`]).
-pub fn stdout() -> Stdout {
-    Stdout(())
-}
-
-impl Stdout {
-    fn check(&self) -> io::Result<()> {
-        if STDOUT_CLOSED.load(Ordering::Relaxed) {
-            return Err(io::Error::other(
-                "it was closed when schedwatch started (>&-)",
-            ));
-        }
-        Ok(())
-    }
-}
-
-impl Write for Stdout {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.check()?;
-        io::stdout().write(buf)
-    }
-
-    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
-        self.check()?;
-        io::stdout().lock().write_all(buf)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.check()?;
-        io::stdout().flush()
-    }
-}
-
-impl WriterReceiver<Stdout> {
-    /// A stdout receiver printing each alert in every one of `formats`. A closed stdout (a pipe
-    /// whose reader went away) will not get better by waiting: its errors are permanent.
-    pub fn stdout(name: &str, formats: Vec<Format>) -> StdoutReceiver {
-        WriterReceiver {
-            name: name.to_owned(),
-            formats,
-            label: "stdout".to_owned(),
-            retry_errors: false,
-            out: Mutex::new(NdjsonSink::new(stdout())),
-        }
-    }
-}
-
-impl WriterReceiver<std::fs::File> {
-    /// Opens `path` for appending (creating it and its folder). A write error (a full disk)
-    /// may get better: it is retried.
-    pub fn file(name: &str, path: &std::path::Path, format: Format) -> io::Result<Self> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)?;
-        }
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
-        Ok(WriterReceiver {
-            name: name.to_owned(),
-            formats: vec![format],
-            label: path.display().to_string(),
-            retry_errors: true,
-            out: Mutex::new(NdjsonSink::new(file)),
-        })
-    }
-}
-
-impl<W: Write + Send> Sink for WriterReceiver<W> {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn send<'a>(&'a self, alert: &'a Alert) -> BoxFuture<'a, Result<(), DeliveryError>> {
-        let result = {
-            let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
-            print_alert(&mut out, &self.formats, alert)
-        }
-        .map_err(|e| {
-            let reason = format!("{}: {e}", self.label);
-            if self.retry_errors {
-                DeliveryError::Retryable {
-                    reason,
-                    after: None,
-                }
-            } else {
-                DeliveryError::Permanent { reason }
-            }
-        });
-        Box::pin(async move { result })
-    }
-}
-
-/// Prints one alert in each of `formats`: an NDJSON line, or the readable text view.
-pub fn print_alert<W: Write>(
-    sink: &mut NdjsonSink<W>,
-    formats: &[Format],
-    alert: &Alert,
-) -> io::Result<()> {
-    for format in formats {
-        match format {
-            Format::Json => sink.send(alert)?,
-            Format::Text => {
-                let w = sink.writer();
-                writeln!(w, "{}", super::render_text(alert))?;
-                w.flush()?;
-            }
-        }
-    }
-    Ok(())
 }
 
 /// What a receiver's queue reports about one outbox row.
