@@ -19,6 +19,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+use schedwatch_sinks::EventKind;
+
 /// The process's metrics.
 pub fn metrics() -> &'static Metrics {
     static METRICS: OnceLock<Metrics> = OnceLock::new();
@@ -201,7 +203,7 @@ impl Default for Metrics {
             push: Family::default(),
         };
         // Families whose every label value is shown from the start, zero or not.
-        for event in ALERT_EVENTS {
+        for event in EventKind::ALL.map(EventKind::as_str) {
             drop(metrics.alerts.get_or_create(&[("event", event)]));
         }
         for reason in EVICTION_REASONS {
@@ -210,9 +212,6 @@ impl Default for Metrics {
         metrics.register(cache_hits)
     }
 }
-
-/// The alert events `alerts_total` shows.
-const ALERT_EVENTS: [&str; 3] = ["firing", "repeat", "resolved"];
 
 impl Metrics {
     /// Registers every metric, in the order `/metrics` shows them. The registry appends the
@@ -365,7 +364,7 @@ impl Metrics {
             set(&self.skipped.get_or_create(&[("reason", reason)]), *n);
         }
         set(&self.duplicates, counts.duplicates);
-        for event in ALERT_EVENTS {
+        for event in EventKind::ALL.map(EventKind::as_str) {
             let n = counts.alerts.get(event).copied().unwrap_or(0);
             set(&self.alerts.get_or_create(&[("event", event)]), n);
         }
