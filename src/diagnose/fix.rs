@@ -174,34 +174,7 @@ fn grant_invoker(f: &Facts<'_>) -> Fix {
     let j = f.job;
     let member = format!("serviceAccount:{}", f.sa);
     if let Some(crate::correlate::Target::PubSub { topic }) = f.config.map(|c| &c.target) {
-        let topic = topic
-            .clone()
-            .unwrap_or_else(|| format!("projects/{}/topics/TOPIC", j.project()));
-        let agent =
-            "serviceAccount:service-PROJECT_NUMBER@gcp-sa-cloudscheduler.iam.gserviceaccount.com";
-        let gcloud = format!(
-            "# A Pub/Sub target needs no roles/run.invoker: Cloud Scheduler publishes as its service\n\
-             # agent, which needs roles/pubsub.publisher on the topic. PROJECT_NUMBER is {}'s number.\n{}",
-            sh(j.project()),
-            command(
-                "pubsub topics add-iam-policy-binding",
-                &topic,
-                &[
-                    flag("project", j.project()),
-                    flag("member", agent),
-                    flag("role", "roles/pubsub.publisher"),
-                ],
-                LINES,
-            )
-        );
-        let terraform = iam_member(
-            "google_pubsub_topic_iam_member",
-            j.job_id(),
-            &[("project", j.project()), ("topic", &topic)],
-            "roles/pubsub.publisher",
-            agent,
-        );
-        return Fix { gcloud, terraform };
+        return grant_publisher(f, topic.as_deref());
     }
     let location = j.location();
     match Invoked::of(f.uri) {
@@ -209,43 +182,12 @@ fn grant_invoker(f: &Facts<'_>) -> Fix {
             project,
             region,
             name,
-        } => {
-            let region = region.unwrap_or_else(|| location.to_owned());
-            let (role, note) = if f.body_has_overrides() {
-                (
-                    "roles/run.developer",
-                    "# The request body carries overrides: roles/run.invoker grants run.jobs.run but not\n# run.jobs.runWithOverrides, which roles/run.developer includes.\n",
-                )
-            } else {
-                ("roles/run.invoker", "")
-            };
-            let gcloud = format!(
-                "{note}{}",
-                command(
-                    "run jobs add-iam-policy-binding",
-                    &name,
-                    &[
-                        flag("project", &project),
-                        flag("region", &region),
-                        flag("member", &member),
-                        flag("role", role),
-                    ],
-                    LINES,
-                )
-            );
-            let terraform = iam_member(
-                "google_cloud_run_v2_job_iam_member",
-                &name,
-                &[
-                    ("project", &project),
-                    ("location", &region),
-                    ("name", &name),
-                ],
-                role,
-                &member,
-            );
-            Fix { gcloud, terraform }
-        }
+        } => grant_run_job(
+            f,
+            &project,
+            &region.unwrap_or_else(|| location.to_owned()),
+            &name,
+        ),
         Invoked::RunService { name, region } => {
             let note = if region.is_none() {
                 format!(
@@ -303,6 +245,76 @@ fn grant_invoker(f: &Facts<'_>) -> Fix {
             run_service_grant(note, "SERVICE_NAME", j.project(), location, &member)
         }
     }
+}
+
+/// A Pub/Sub target: Cloud Scheduler's service agent publishes, so it needs the publisher role on
+/// the topic (no invoker role is involved).
+fn grant_publisher(f: &Facts<'_>, topic: Option<&str>) -> Fix {
+    let j = f.job;
+    let topic = topic
+        .map(str::to_owned)
+        .unwrap_or_else(|| format!("projects/{}/topics/TOPIC", j.project()));
+    let agent =
+        "serviceAccount:service-PROJECT_NUMBER@gcp-sa-cloudscheduler.iam.gserviceaccount.com";
+    let gcloud = format!(
+        "# A Pub/Sub target needs no roles/run.invoker: Cloud Scheduler publishes as its service\n\
+         # agent, which needs roles/pubsub.publisher on the topic. PROJECT_NUMBER is {}'s number.\n{}",
+        sh(j.project()),
+        command(
+            "pubsub topics add-iam-policy-binding",
+            &topic,
+            &[
+                flag("project", j.project()),
+                flag("member", agent),
+                flag("role", "roles/pubsub.publisher"),
+            ],
+            LINES,
+        )
+    );
+    let terraform = iam_member(
+        "google_pubsub_topic_iam_member",
+        j.job_id(),
+        &[("project", j.project()), ("topic", &topic)],
+        "roles/pubsub.publisher",
+        agent,
+    );
+    Fix { gcloud, terraform }
+}
+
+/// A Cloud Run job run through the Admin API: `run.jobs.run` (`roles/run.invoker`), or
+/// `run.jobs.runWithOverrides` (`roles/run.developer`) when the body carries overrides.
+fn grant_run_job(f: &Facts<'_>, project: &str, region: &str, name: &str) -> Fix {
+    let member = format!("serviceAccount:{}", f.sa);
+    let (role, note) = if f.body_has_overrides() {
+        (
+            "roles/run.developer",
+            "# The request body carries overrides: roles/run.invoker grants run.jobs.run but not\n# run.jobs.runWithOverrides, which roles/run.developer includes.\n",
+        )
+    } else {
+        ("roles/run.invoker", "")
+    };
+    let gcloud = format!(
+        "{note}{}",
+        command(
+            "run jobs add-iam-policy-binding",
+            name,
+            &[
+                flag("project", project),
+                flag("region", region),
+                flag("member", &member),
+                flag("role", role),
+            ],
+            LINES,
+        )
+    );
+    let terraform = iam_member(
+        "google_cloud_run_v2_job_iam_member",
+        name,
+        &[("project", project), ("location", region), ("name", name)],
+        role,
+        &member,
+    );
+    Fix { gcloud, terraform }
 }
 
 fn run_service_grant(note: &str, name: &str, project: &str, region: &str, member: &str) -> Fix {
@@ -509,77 +521,4 @@ pub fn tf_name(id: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn shell_words_are_quoted_only_when_needed() {
-        assert_eq!(sh("https://x.example/a:run"), "https://x.example/a:run");
-        assert_eq!(sh("a b"), "'a b'");
-        assert_eq!(sh("it's"), r"'it'\''s'");
-        assert_eq!(sh("x;rm -rf /"), "'x;rm -rf /'");
-        assert_eq!(sh(""), "''");
-        // zsh would expand `=ls` to /bin/ls.
-        assert_eq!(sh("=ls"), "'=ls'");
-    }
-
-    #[test]
-    fn shell_words_never_carry_a_control_or_bidi_character_raw() {
-        assert_eq!(sh("a\nb"), r"$'a\x0ab'");
-        assert_eq!(sh("it's\x1b!"), r"$'it\x27s\x1b\x21'");
-        assert_eq!(sh("\\\u{202e}"), r"$'\\\xe2\x80\xae'");
-        assert_eq!(sh("\u{85}"), r"$'\xc2\x85'");
-        for s in ["x\n# c\ntouch pwned", "\r", "\u{2028}", "\x1b[201~"] {
-            assert!(!sh(s).contains(escape::is_unsafe), "{s:?}");
-        }
-    }
-
-    #[test]
-    fn a_flag_like_resource_goes_after_the_end_of_flags() {
-        let flags = [flag("project", "acme-prod"), flag("location", "us-east1")];
-        assert_eq!(
-            command("scheduler jobs describe", "j", &flags, ONE_LINE),
-            "gcloud scheduler jobs describe j --project=acme-prod --location=us-east1"
-        );
-        assert_eq!(
-            command("scheduler jobs describe", "--impersonate-service-account", &flags, ONE_LINE),
-            "gcloud scheduler jobs describe --project=acme-prod --location=us-east1 -- --impersonate-service-account"
-        );
-        assert_eq!(flag("member", "-x y"), "--member='-x y'");
-    }
-
-    #[test]
-    fn hcl_strings_escape_templates_and_quotes() {
-        assert_eq!(hcl(r#"a"b\c"#), r#""a\"b\\c""#);
-        assert_eq!(hcl("${x} %{y} $z"), r#""$${x} %%{y} $z""#);
-        assert_eq!(tf_name("1-job.x"), "_1-job_x");
-    }
-
-    #[test]
-    fn the_seed_case_gets_the_oauth_switch_and_nothing_else() {
-        let key = JobKey::new("acme-prod", "us-east1", "commit-worker").unwrap();
-        let auth = AuthFacts {
-            source: crate::correlate::AuthSource::Inventory,
-            token: "oidc".into(),
-            service_account: Some("sa@acme-prod.iam.gserviceaccount.com".into()),
-            audience: None,
-            scope: None,
-        };
-        let uri = "https://us-east1-run.googleapis.com/apis/run.googleapis.com/v1/namespaces/acme-prod/jobs/commit-worker:run";
-        let fix = render(
-            Code::OidcTokenForGoogleApi,
-            &Facts::new(&key, None, uri, TargetKind::GoogleApi, &auth),
-        );
-        assert!(fix.gcloud.starts_with("gcloud scheduler jobs update http commit-worker \\\n  --project=acme-prod \\\n  --location=us-east1"));
-        assert!(fix
-            .gcloud
-            .contains("--oauth-service-account-email=sa@acme-prod.iam.gserviceaccount.com"));
-        assert!(fix
-            .gcloud
-            .contains("--oauth-token-scope=https://www.googleapis.com/auth/cloud-platform"));
-        for never in ["audience", "add-iam-policy-binding", "keys create", "oidc"] {
-            assert!(!fix.gcloud.contains(never), "{never} in {}", fix.gcloud);
-        }
-        assert!(fix.terraform.contains("oauth_token {") && !fix.terraform.contains("oidc_token"));
-    }
-}
+mod tests;
