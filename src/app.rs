@@ -7,12 +7,15 @@ use std::process::ExitCode;
 use schedwatch_sinks::{Alert, NdjsonSink, Sink};
 
 use crate::cli::{AuditArgs, CheckConfigArgs, ReplayArgs, RunArgs, SendTestArgs};
-use crate::config::{Config, Format, Loaded};
+use crate::config::{Config, Loaded};
 use crate::correlate::{AuthSource, Correlator, Inventory, SchedulerApi, SchedulerApiConfig};
 use crate::diagnose::Diagnoser;
+use crate::notify::deliver::Format;
 use crate::notify::deliver::StdoutReceiver;
+use crate::notify::receiver::{ReceiverConfig, ReceiverKind};
 use crate::pipeline::Pipeline;
 use crate::source::file::{self, FileError};
+use crate::source::SourceKind;
 
 /// An error the user fixes by changing a flag, a path or the config: exit code 2.
 #[derive(Debug, thiserror::Error)]
@@ -23,10 +26,11 @@ fn usage(e: impl std::fmt::Display) -> anyhow::Error {
     UsageError(e.to_string()).into()
 }
 
-/// `schedwatch check-config [--no-secrets] FILE`: the config as every command loads it (keys,
-/// ranges, paths) and, unless `--no-secrets`, every secret it names, read as `run` reads them;
-/// every receiver but a file one is built, so the secrets' values are checked as `run` checks
-/// them.
+/// `schedwatch check-config [--no-secrets] FILE`: what `run` checks before it starts, with the
+/// same code: the config as every command loads it (keys, ranges, paths, each section's
+/// checks), every secret it names read as `run` reads them (unless `--no-secrets`), every
+/// receiver built as `run` builds it (URLs, email addresses, recipients; but a file receiver,
+/// whose building creates its file) and the job inventory loaded. Each error names its line.
 pub fn check_config(args: CheckConfigArgs) -> anyhow::Result<ExitCode> {
     let loaded = Loaded::from_file(&args.file).map_err(usage)?;
     let c = &loaded.config;
@@ -39,22 +43,33 @@ pub fn check_config(args: CheckConfigArgs) -> anyhow::Result<ExitCode> {
             );
             usage(e)
         })?;
-        // File receivers are left out: building one creates its file.
-        for r in c.receivers.iter().filter(|r| r.file.is_none()) {
-            crate::notify::deliver::receiver(r).map_err(usage)?;
-        }
         format!("{read} secret(s) read")
     };
+    let build = if args.no_secrets {
+        Build::WithoutSecrets
+    } else {
+        Build::WithoutEffects
+    };
+    build_receivers(Some(&loaded), &c.receivers, build)?;
+    if let Some(path) = &c.jobs.inventory {
+        Inventory::load(&loaded.resolve(path.get_ref())).map_err(|e| {
+            usage(
+                loaded
+                    .at()
+                    .error_at(Some(path.span()), format!("jobs.inventory: {e}")),
+            )
+        })?;
+    }
     println!(
         "{}: ok (source: {}; inventory: {}; Scheduler API: {}; {} receiver(s); {secrets})",
         args.file.display(),
-        match (&c.source.path, &c.source.subscription, &c.source.push) {
-            (Some(p), _, _) => p.get_ref().display().to_string(),
-            (None, Some(s), _) => s.get_ref().clone(),
-            (None, None, Some(p)) if p.get_ref().allow_unauthenticated =>
+        match c.source.kind() {
+            Some(SourceKind::File(p)) => p.get_ref().display().to_string(),
+            Some(SourceKind::Pull(s)) => s.get_ref().clone(),
+            Some(SourceKind::Push(p)) if p.get_ref().allow_unauthenticated =>
                 "push, unauthenticated".into(),
-            (None, None, Some(_)) => "push, OIDC token checked".into(),
-            (None, None, None) => "none".into(),
+            Some(SourceKind::Push(_)) => "push, OIDC token checked".into(),
+            None => "none".into(),
         },
         c.jobs
             .inventory
@@ -102,34 +117,32 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     }
     let resolve = |p: &Path| resolve(loaded.as_ref(), p);
     if let Some(sub) = &args.subscription {
-        if !crate::config::is_subscription_name(sub) {
+        if !crate::source::is_subscription_name(sub) {
             return Err(usage(format!(
                 "--subscription {sub:?} is not projects/PROJECT/subscriptions/SUBSCRIPTION"
             )));
         }
-        config.source.path = None;
-        config.source.push = None;
-        config.source.subscription = Some(toml::Spanned::new(0..0, sub.clone()));
+        let sub = toml::Spanned::new(0..0, sub.clone());
+        config.source.set(SourceKind::Pull(sub));
     }
     if args.push {
-        config.source.path = None;
-        config.source.subscription = None;
-        let push = config
-            .source
-            .push
-            .get_or_insert_with(|| toml::Spanned::new(0..0, Default::default()));
+        let push = match config.source.kind() {
+            Some(SourceKind::Push(push)) => push.clone(),
+            _ => toml::Spanned::new(0..0, Default::default()),
+        };
         push.get_ref().validate().map_err(usage)?;
+        config.source.set(SourceKind::Push(push));
     }
     let inventory = inventory_path(args.jobs.as_deref(), loaded.as_ref(), &config);
     let mut formats = receiver_formats(&config);
     formats.extend(args.format);
     // Every receiver, its secrets read now: a missing one is a config error (exit 2).
     for r in &mut config.receivers {
-        if let Some(f) = &mut r.file {
+        if let ReceiverKind::File(f) = &mut r.kind {
             f.path = resolve(&f.path);
         }
     }
-    let mut receivers = crate::notify::deliver::receivers(&config.receivers).map_err(usage)?;
+    let mut receivers = build_receivers(loaded.as_ref(), &config.receivers, Build::Run)?;
     if let Some(format) = args.format {
         receivers.push(std::sync::Arc::new(StdoutReceiver::stdout(
             crate::notify::deliver::CLI_STDOUT,
@@ -143,7 +156,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     }
     let runtime = std::sync::Arc::new(Runtime::new());
 
-    if let Some(path) = config.source.path.as_ref().map(|p| resolve(p.get_ref())) {
+    let file = match config.source.kind() {
+        Some(SourceKind::File(path)) => Some(resolve(path.get_ref())),
+        _ => None,
+    };
+    if let Some(path) = file {
         let mut pipeline = build_pipeline(&config, inventory.as_deref(), &runtime)?;
         tracing::info!(source = %path.display(), "reading the file source");
         // Stdout receivers print as entries are read; the others get each alert before the
@@ -152,7 +169,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             .receivers
             .iter()
             .zip(&receivers)
-            .filter(|(r, _)| r.stdout.is_none())
+            .filter(|(r, _)| !matches!(r.kind, ReceiverKind::Stdout(_)))
             .map(|(_, sink)| sink.clone())
             .collect();
         let router = crate::notify::route::Router::new(
@@ -172,10 +189,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::SUCCESS);
     }
-    let source = match (config.source.pubsub(), &config.source.push) {
-        (Some(pull), _) => crate::service::Source::Pull(pull),
-        (None, Some(push)) => crate::service::Source::Push(push.get_ref().clone()),
-        (None, None) => return Err(usage("run needs a source: --subscription projects/P/subscriptions/S, --push, or [source] subscription, path or [source.push] in the config")),
+    let source = match config.source.kind() {
+        Some(SourceKind::Pull(sub)) => crate::service::Source::Pull(config.source.pubsub(sub.get_ref())),
+        Some(SourceKind::Push(push)) => crate::service::Source::Push(push.get_ref().clone()),
+        Some(SourceKind::File(_)) | None => return Err(usage("run needs a source: --subscription projects/P/subscriptions/S, --push, or [source] subscription, path or [source.push] in the config")),
     };
     let push = matches!(source, crate::service::Source::Push(_));
     let listen = crate::http::listen_address(args.listen, &config.server, push).map_err(usage)?;
@@ -233,7 +250,7 @@ pub fn send_test(args: SendTestArgs) -> anyhow::Result<ExitCode> {
             names.join(", ")
         )));
     };
-    let sink = crate::notify::deliver::receiver(r).map_err(usage)?;
+    let sink = r.build().map_err(usage)?;
     let alert = sample_alert(&loaded.config)?;
     let runtime = Runtime::new();
     match runtime.handle().block_on(sink.send(&alert)) {
@@ -357,6 +374,53 @@ pub fn audit(args: AuditArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// Which receivers [`build_receivers`] builds, and how.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Build {
+    /// Every one, secrets read: `run`.
+    Run,
+    /// Every one whose building has no effect (not a file receiver), secrets read:
+    /// `check-config`.
+    WithoutEffects,
+    /// What can be built without a secret ([`ReceiverKind::without_secrets`]):
+    /// `check-config --no-secrets`.
+    WithoutSecrets,
+}
+
+/// Builds the configured receivers, reading their secrets now: a missing secret or a value a
+/// sink refuses (not a URL, not an email address, no recipient) is a config error at start
+/// (exit 2), on the receiver's line, not a failed alert at 3 a.m.
+fn build_receivers(
+    loaded: Option<&Loaded>,
+    receivers: &[ReceiverConfig],
+    build: Build,
+) -> anyhow::Result<Vec<std::sync::Arc<dyn Sink>>> {
+    let mut built = Vec::new();
+    for (n, r) in receivers.iter().enumerate() {
+        let kind = match build {
+            Build::Run => r.kind.clone(),
+            Build::WithoutEffects if r.kind.builds_with_effects() => continue,
+            Build::WithoutEffects => r.kind.clone(),
+            Build::WithoutSecrets => match r.kind.without_secrets() {
+                Some(kind) => kind,
+                None => continue,
+            },
+        };
+        let name = r.name.clone();
+        let sink = ReceiverConfig { name, kind }
+            .build()
+            .map_err(|e| match loaded {
+                Some(l) => {
+                    let key = format!("receivers.{n}.{}", r.kind.key());
+                    usage(l.at().error_at_key(&key, e.to_string()))
+                }
+                None => usage(e),
+            })?;
+        built.push(sink);
+    }
+    Ok(built)
+}
+
 /// The config file, if one is given, and the config to use (the defaults without one).
 fn load(path: Option<&Path>) -> anyhow::Result<(Option<Loaded>, Config)> {
     let loaded = path.map(Loaded::from_file).transpose().map_err(usage)?;
@@ -392,7 +456,10 @@ fn receiver_formats(config: &Config) -> Vec<Format> {
     config
         .receivers
         .iter()
-        .filter_map(|r| r.stdout.as_ref().map(|s| s.format))
+        .filter_map(|r| match &r.kind {
+            ReceiverKind::Stdout(s) => Some(s.format),
+            _ => None,
+        })
         .collect()
 }
 

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::Format;
+use crate::notify::deliver::Format;
 
 /// Finds Cloud Scheduler jobs that fail authentication, names the cause from the job's config,
 /// and alerts with the exact fix.

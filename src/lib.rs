@@ -26,8 +26,9 @@
 //! - [`diagnose`]: CONTRACT section 3's rule table → code, confidence, words and the fix
 //!   (`gcloud` + Terraform).
 //! - [`notify`]: turns an incident transition into the CONTRACT section 4 alert and renders the
-//!   terminal view; [`notify::route`] picks the receivers (`[[routes]]`) and
-//!   [`notify::deliver`] builds them and runs a retrying queue per receiver.
+//!   terminal view; [`notify::receiver`] is `[[receivers]]` (one enum of kinds) and builds them,
+//!   [`notify::route`] picks the receivers (`[[routes]]`) and [`notify::deliver`] runs a
+//!   retrying queue per receiver.
 //! - [`pipeline`]: the stages joined; every door (`replay`, `run`) calls the same
 //!   [`pipeline::Pipeline::process_item`].
 //! - [`store`]: the durable state of `run` (incidents, dedup keys, the outbox), committed a

@@ -1,4 +1,5 @@
-//! Delivery: the configured receivers, and a queue per receiver fed from the store's outbox.
+//! Delivery: the stdout and file receivers, and a queue per receiver fed from the store's
+//! outbox. The receivers are built from their config in [`super::receiver`].
 //!
 //! ```text
 //!  processor ──(outbox rows)──► one task per receiver: send, retry with backoff ──► report
@@ -20,15 +21,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use schedwatch_sinks::delivery::BoxFuture;
-use schedwatch_sinks::email::EmailSink;
-use schedwatch_sinks::pagerduty::PagerDutySink;
-use schedwatch_sinks::slack::SlackSink;
-use schedwatch_sinks::webhook::WebhookSink;
 use schedwatch_sinks::{Alert, DeliveryError, NdjsonSink, Sink};
+use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use super::route::{RouteConfig, Router};
-use crate::config::{Format, ReceiverConfig};
 use crate::store::OutboxRow;
 
 /// The name of the stdout receiver `run --format` adds: it prints every alert, whatever the
@@ -40,37 +37,15 @@ const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 /// The longest wait between two attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 
-/// Builds every configured receiver, reading its secrets now: a missing secret is a config
-/// error at start, not a failed alert at 3 a.m.
-pub fn receivers(config: &[ReceiverConfig]) -> anyhow::Result<Vec<Arc<dyn Sink>>> {
-    config.iter().map(receiver).collect()
-}
-
-/// Builds one receiver.
-pub fn receiver(r: &ReceiverConfig) -> anyhow::Result<Arc<dyn Sink>> {
-    let name = r.name.clone();
-    let context = |e: &dyn std::fmt::Display| anyhow::anyhow!("receiver {name:?}: {e}");
-    if r.kinds() != 1 {
-        return Err(context(
-            &"needs exactly one of stdout, file, slack, webhook, pagerduty or email",
-        ));
-    }
-    let sink: Arc<dyn Sink> = if let Some(s) = &r.stdout {
-        Arc::new(StdoutReceiver::stdout(&r.name, vec![s.format]))
-    } else if let Some(f) = &r.file {
-        Arc::new(WriterReceiver::file(&r.name, &f.path, f.format).map_err(|e| context(&e))?)
-    } else if let Some(c) = &r.slack {
-        Arc::new(SlackSink::new(&r.name, c).map_err(|e| context(&e))?)
-    } else if let Some(c) = &r.webhook {
-        Arc::new(WebhookSink::new(&r.name, c).map_err(|e| context(&e))?)
-    } else if let Some(c) = &r.pagerduty {
-        Arc::new(PagerDutySink::new(&r.name, c).map_err(|e| context(&e))?)
-    } else if let Some(c) = &r.email {
-        Arc::new(EmailSink::new(&r.name, c).map_err(|e| context(&e))?)
-    } else {
-        unreachable!("kinds() == 1")
-    };
-    Ok(sink)
+/// An output format.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// One JSON event per line (NDJSON).
+    #[default]
+    Json,
+    /// Readable text with the fix commands.
+    Text,
 }
 
 /// Prints alerts to a writer — stdout, or a file appended to — flushed after each: NDJSON
