@@ -7,12 +7,13 @@ use std::process::ExitCode;
 use schedwatch_sinks::{Alert, NdjsonSink, Sink};
 
 use crate::cli::{AuditArgs, CheckConfigArgs, ReplayArgs, RunArgs, SendTestArgs};
+use crate::config::start::{build_receivers, Build};
 use crate::config::{Config, Loaded};
 use crate::correlate::{AuthSource, Correlator, Inventory, SchedulerApi, SchedulerApiConfig};
 use crate::diagnose::Diagnoser;
 use crate::notify::deliver::Format;
 use crate::notify::deliver::StdoutReceiver;
-use crate::notify::receiver::{ReceiverConfig, ReceiverKind};
+use crate::notify::receiver::ReceiverKind;
 use crate::pipeline::Pipeline;
 use crate::source::file::{self, FileError};
 use crate::source::SourceKind;
@@ -50,27 +51,12 @@ pub fn check_config(args: CheckConfigArgs) -> anyhow::Result<ExitCode> {
     } else {
         Build::WithoutEffects
     };
-    build_receivers(Some(&loaded), &c.receivers, build)?;
-    if let Some(path) = &c.jobs.inventory {
-        Inventory::load(&loaded.resolve(path.get_ref())).map_err(|e| {
-            usage(
-                loaded
-                    .at()
-                    .error_at(Some(path.span()), format!("jobs.inventory: {e}")),
-            )
-        })?;
-    }
+    build_receivers(Some(&loaded), &c.receivers, build).map_err(usage)?;
+    loaded.check_inventory().map_err(usage)?;
     println!(
         "{}: ok (source: {}; inventory: {}; Scheduler API: {}; {} receiver(s); {secrets})",
         args.file.display(),
-        match c.source.kind() {
-            Some(SourceKind::File(p)) => p.get_ref().display().to_string(),
-            Some(SourceKind::Pull(s)) => s.get_ref().clone(),
-            Some(SourceKind::Push(p)) if p.get_ref().allow_unauthenticated =>
-                "push, unauthenticated".into(),
-            Some(SourceKind::Push(_)) => "push, OIDC token checked".into(),
-            None => "none".into(),
-        },
+        c.source.kind().map_or("none".into(), SourceKind::to_string),
         c.jobs
             .inventory
             .as_ref()
@@ -116,23 +102,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         l.check_secrets().map_err(usage)?;
     }
     let resolve = |p: &Path| resolve(loaded.as_ref(), p);
-    if let Some(sub) = &args.subscription {
-        if !crate::source::is_subscription_name(sub) {
-            return Err(usage(format!(
-                "--subscription {sub:?} is not projects/PROJECT/subscriptions/SUBSCRIPTION"
-            )));
-        }
-        let sub = toml::Spanned::new(0..0, sub.clone());
-        config.source.set(SourceKind::Pull(sub));
-    }
-    if args.push {
-        let push = match config.source.kind() {
-            Some(SourceKind::Push(push)) => push.clone(),
-            _ => toml::Spanned::new(0..0, Default::default()),
-        };
-        push.get_ref().validate().map_err(usage)?;
-        config.source.set(SourceKind::Push(push));
-    }
+    source_flags(&args, &mut config.source)?;
     let inventory = inventory_path(args.jobs.as_deref(), loaded.as_ref(), &config);
     let mut formats = receiver_formats(&config);
     formats.extend(args.format);
@@ -142,7 +112,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             f.path = resolve(&f.path);
         }
     }
-    let mut receivers = build_receivers(loaded.as_ref(), &config.receivers, Build::Run)?;
+    let mut receivers =
+        build_receivers(loaded.as_ref(), &config.receivers, Build::Run).map_err(usage)?;
     if let Some(format) = args.format {
         receivers.push(std::sync::Arc::new(StdoutReceiver::stdout(
             crate::notify::deliver::CLI_STDOUT,
@@ -161,33 +132,14 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         _ => None,
     };
     if let Some(path) = file {
-        let mut pipeline = build_pipeline(&config, inventory.as_deref(), &runtime)?;
-        tracing::info!(source = %path.display(), "reading the file source");
-        // Stdout receivers print as entries are read; the others get each alert before the
-        // next entry (with retries).
-        let others: Vec<_> = config
-            .receivers
-            .iter()
-            .zip(&receivers)
-            .filter(|(r, _)| !matches!(r.kind, ReceiverKind::Stdout(_)))
-            .map(|(_, sink)| sink.clone())
-            .collect();
-        let router = crate::notify::route::Router::new(
-            others.iter().map(|s| s.name().to_owned()).collect(),
-            config.routes.clone(),
+        return run_file(
+            &path,
+            &config,
+            &receivers,
+            inventory.as_deref(),
+            &formats,
+            &runtime,
         );
-        let mut inline = Inline {
-            receivers: others,
-            router,
-            runtime: &runtime,
-        };
-        feed(&[path], &mut pipeline, &formats, Some(&mut inline))?;
-        eprintln!(
-            "schedwatch run: {}; {} incidents still open",
-            pipeline.stats.summary(),
-            pipeline.incidents().open_count()
-        );
-        return Ok(ExitCode::SUCCESS);
     }
     let source = match config.source.kind() {
         Some(SourceKind::Pull(sub)) => crate::service::Source::Pull(config.source.pubsub(sub.get_ref())),
@@ -225,6 +177,70 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         rebuild,
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `run` on a file source: read to its end. Stdout receivers print as entries are read; the
+/// others get each alert (with retries) before the next entry.
+fn run_file(
+    path: &Path,
+    config: &Config,
+    receivers: &[std::sync::Arc<dyn Sink>],
+    inventory: Option<&Path>,
+    formats: &[Format],
+    runtime: &Runtime,
+) -> anyhow::Result<ExitCode> {
+    let mut pipeline = build_pipeline(config, inventory, runtime)?;
+    tracing::info!(source = %path.display(), "reading the file source");
+    let others: Vec<_> = config
+        .receivers
+        .iter()
+        .zip(receivers)
+        .filter(|(r, _)| !matches!(r.kind, ReceiverKind::Stdout(_)))
+        .map(|(_, sink)| sink.clone())
+        .collect();
+    let router = crate::notify::route::Router::new(
+        others.iter().map(|s| s.name().to_owned()).collect(),
+        config.routes.clone(),
+    );
+    let mut inline = Inline {
+        receivers: others,
+        router,
+        runtime,
+    };
+    feed(
+        &[path.to_owned()],
+        &mut pipeline,
+        formats,
+        Some(&mut inline),
+    )?;
+    eprintln!(
+        "schedwatch run: {}; {} incidents still open",
+        pipeline.stats.summary(),
+        pipeline.incidents().open_count()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `--subscription` and `--push` replace the config's source; `--push` keeps its
+/// `[source.push]` settings, and checks them as the config's check does.
+fn source_flags(args: &RunArgs, source: &mut crate::source::SourceConfig) -> anyhow::Result<()> {
+    if let Some(sub) = &args.subscription {
+        if !crate::source::is_subscription_name(sub) {
+            return Err(usage(format!(
+                "--subscription {sub:?} is not projects/PROJECT/subscriptions/SUBSCRIPTION"
+            )));
+        }
+        source.set(SourceKind::Pull(toml::Spanned::new(0..0, sub.clone())));
+    }
+    if args.push {
+        let push = match source.kind() {
+            Some(SourceKind::Push(push)) => push.clone(),
+            _ => toml::Spanned::new(0..0, Default::default()),
+        };
+        push.get_ref().validate().map_err(usage)?;
+        source.set(SourceKind::Push(push));
+    }
+    Ok(())
 }
 
 /// `schedwatch send-test`: one sample alert to one receiver, one attempt; exit 0 when it was
@@ -372,53 +388,6 @@ pub fn audit(args: AuditArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
-}
-
-/// Which receivers [`build_receivers`] builds, and how.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Build {
-    /// Every one, secrets read: `run`.
-    Run,
-    /// Every one whose building has no effect (not a file receiver), secrets read:
-    /// `check-config`.
-    WithoutEffects,
-    /// What can be built without a secret ([`ReceiverKind::without_secrets`]):
-    /// `check-config --no-secrets`.
-    WithoutSecrets,
-}
-
-/// Builds the configured receivers, reading their secrets now: a missing secret or a value a
-/// sink refuses (not a URL, not an email address, no recipient) is a config error at start
-/// (exit 2), on the receiver's line, not a failed alert at 3 a.m.
-fn build_receivers(
-    loaded: Option<&Loaded>,
-    receivers: &[ReceiverConfig],
-    build: Build,
-) -> anyhow::Result<Vec<std::sync::Arc<dyn Sink>>> {
-    let mut built = Vec::new();
-    for (n, r) in receivers.iter().enumerate() {
-        let kind = match build {
-            Build::Run => r.kind.clone(),
-            Build::WithoutEffects if r.kind.builds_with_effects() => continue,
-            Build::WithoutEffects => r.kind.clone(),
-            Build::WithoutSecrets => match r.kind.without_secrets() {
-                Some(kind) => kind,
-                None => continue,
-            },
-        };
-        let name = r.name.clone();
-        let sink = ReceiverConfig { name, kind }
-            .build()
-            .map_err(|e| match loaded {
-                Some(l) => {
-                    let key = format!("receivers.{n}.{}", r.kind.key());
-                    usage(l.at().error_at_key(&key, e.to_string()))
-                }
-                None => usage(e),
-            })?;
-        built.push(sink);
-    }
-    Ok(built)
 }
 
 /// The config file, if one is given, and the config to use (the defaults without one).

@@ -35,9 +35,9 @@ pub enum Command {
     Replay(ReplayArgs),
     /// Checks job configs before anything fails; exit 1 when any job has a finding.
     Audit(AuditArgs),
-    /// Validates a config file and says what is wrong, with the line: every key, every range,
-    /// and every secret it names (read as `run` will, never printed; `--no-secrets` skips
-    /// them).
+    /// Validates a config file and says what is wrong, with the line: what `run` checks before
+    /// it starts — every key, every range, every secret it names (read as `run` will, never
+    /// printed; `--no-secrets` skips them), the receivers and the job inventory.
     CheckConfig(CheckConfigArgs),
     /// Sends a sample alert (the commit-worker case) to one receiver, to check its wiring.
     SendTest(SendTestArgs),

@@ -9,6 +9,8 @@
 //!   [`Loaded::from_str`], and the sections that belong to no stage (`[jobs]`, `[dedup]`,
 //!   `[runbook]`);
 //! - [`receivers`]: the checks of `[[receivers]]` and `[[routes]]`, and their secrets;
+//! - [`start`]: what `run` checks as it starts (receivers built, the inventory loaded), which
+//!   `check-config` runs too;
 //! - [`limits`]: the range of every duration and size;
 //! - [`check`]: errors on the line of what is wrong, and the one range check.
 //!
@@ -20,6 +22,7 @@ pub mod check;
 pub mod limits;
 pub mod receivers;
 pub mod sections;
+pub mod start;
 #[cfg(test)]
 mod tests;
 

@@ -38,6 +38,20 @@ pub enum SourceKind {
     Push(Spanned<PushConfig>),
 }
 
+/// How `check-config` names it: the file, the subscription, or push and how tokens are checked.
+impl std::fmt::Display for SourceKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        match self {
+            SourceKind::File(path) => write!(f, "{}", path.get_ref().display()),
+            SourceKind::Pull(subscription) => f.write_str(subscription.get_ref()),
+            SourceKind::Push(push) if push.get_ref().allow_unauthenticated => {
+                f.write_str("push, unauthenticated")
+            }
+            SourceKind::Push(_) => f.write_str("push, OIDC token checked"),
+        }
+    }
+}
+
 /// `[source]`: the source, and the streaming pull's settings (they apply to a subscription
 /// given on the command line too).
 #[derive(Debug, Clone, Deserialize)]
