@@ -1,9 +1,9 @@
 //! Each section's check, and the sections that belong to no stage.
 //!
 //! A section checks its own keys: paths that must exist, keys that exclude each other, and the
-//! [`Limit`](super::Limit) of every duration and size it has, each error on the line of what is
-//! wrong. A key added to a section is checked here, next to the section's others, so
-//! `check-config` and every command check the same.
+//! [`Limit`] of every duration and size it has, each error on the line of what is wrong. A key
+//! added to a section is checked here, next to the section's others, so `check-config` and
+//! every command check the same.
 
 use std::path::PathBuf;
 
