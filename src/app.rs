@@ -5,14 +5,17 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use schedwatch_sinks::stdout::{stdout, StdoutReceiver};
-use schedwatch_sinks::{Alert, Printer, Sink};
+use schedwatch_sinks::{Alert, Format, Printer, Sink};
 
 use crate::cli::{AuditArgs, CheckConfigArgs, ReplayArgs, RunArgs, SendTestArgs};
-use crate::config::{Config, Format, Loaded};
+use crate::config::start::{build_receivers, Build};
+use crate::config::{Config, Loaded};
 use crate::correlate::{AuthSource, Correlator, Inventory, SchedulerApi, SchedulerApiConfig};
 use crate::diagnose::Diagnoser;
+use crate::notify::receiver::ReceiverKind;
 use crate::pipeline::Pipeline;
 use crate::source::file::{self, FileError};
+use crate::source::SourceKind;
 
 /// An error the user fixes by changing a flag, a path or the config: exit code 2.
 #[derive(Debug, thiserror::Error)]
@@ -23,10 +26,11 @@ fn usage(e: impl std::fmt::Display) -> anyhow::Error {
     UsageError(e.to_string()).into()
 }
 
-/// `schedwatch check-config [--no-secrets] FILE`: the config as every command loads it (keys,
-/// ranges, paths) and, unless `--no-secrets`, every secret it names, read as `run` reads them;
-/// every receiver but a file one is built, so the secrets' values are checked as `run` checks
-/// them.
+/// `schedwatch check-config [--no-secrets] FILE`: what `run` checks before it starts, with the
+/// same code: the config as every command loads it (keys, ranges, paths, each section's
+/// checks), every secret it names read as `run` reads them (unless `--no-secrets`), every
+/// receiver built as `run` builds it (URLs, email addresses, recipients; but a file receiver,
+/// whose building creates its file) and the job inventory loaded. Each error names its line.
 pub fn check_config(args: CheckConfigArgs) -> anyhow::Result<ExitCode> {
     let loaded = Loaded::from_file(&args.file).map_err(usage)?;
     let c = &loaded.config;
@@ -39,23 +43,19 @@ pub fn check_config(args: CheckConfigArgs) -> anyhow::Result<ExitCode> {
             );
             usage(e)
         })?;
-        // File receivers are left out: building one creates its file.
-        for r in c.receivers.iter().filter(|r| r.file.is_none()) {
-            crate::notify::deliver::receiver(r).map_err(usage)?;
-        }
         format!("{read} secret(s) read")
     };
+    let build = if args.no_secrets {
+        Build::WithoutSecrets
+    } else {
+        Build::WithoutEffects
+    };
+    build_receivers(Some(&loaded), &c.receivers, build).map_err(usage)?;
+    loaded.check_inventory().map_err(usage)?;
     println!(
         "{}: ok (source: {}; inventory: {}; Scheduler API: {}; {} receiver(s); {secrets})",
         args.file.display(),
-        match (&c.source.path, &c.source.subscription, &c.source.push) {
-            (Some(p), _, _) => p.get_ref().display().to_string(),
-            (None, Some(s), _) => s.get_ref().clone(),
-            (None, None, Some(p)) if p.get_ref().allow_unauthenticated =>
-                "push, unauthenticated".into(),
-            (None, None, Some(_)) => "push, OIDC token checked".into(),
-            (None, None, None) => "none".into(),
-        },
+        c.source.kind().map_or("none".into(), SourceKind::to_string),
         c.jobs
             .inventory
             .as_ref()
@@ -101,35 +101,18 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         l.check_secrets().map_err(usage)?;
     }
     let resolve = |p: &Path| resolve(loaded.as_ref(), p);
-    if let Some(sub) = &args.subscription {
-        if !crate::config::is_subscription_name(sub) {
-            return Err(usage(format!(
-                "--subscription {sub:?} is not projects/PROJECT/subscriptions/SUBSCRIPTION"
-            )));
-        }
-        config.source.path = None;
-        config.source.push = None;
-        config.source.subscription = Some(toml::Spanned::new(0..0, sub.clone()));
-    }
-    if args.push {
-        config.source.path = None;
-        config.source.subscription = None;
-        let push = config
-            .source
-            .push
-            .get_or_insert_with(|| toml::Spanned::new(0..0, Default::default()));
-        push.get_ref().validate().map_err(usage)?;
-    }
+    source_flags(&args, &mut config.source)?;
     let inventory = inventory_path(args.jobs.as_deref(), loaded.as_ref(), &config);
     let mut formats = receiver_formats(&config);
     formats.extend(args.format);
     // Every receiver, its secrets read now: a missing one is a config error (exit 2).
     for r in &mut config.receivers {
-        if let Some(f) = &mut r.file {
+        if let ReceiverKind::File(f) = &mut r.kind {
             f.path = resolve(&f.path);
         }
     }
-    let mut receivers = crate::notify::deliver::receivers(&config.receivers).map_err(usage)?;
+    let mut receivers =
+        build_receivers(loaded.as_ref(), &config.receivers, Build::Run).map_err(usage)?;
     if let Some(format) = args.format {
         receivers.push(std::sync::Arc::new(StdoutReceiver::stdout(
             crate::notify::deliver::CLI_STDOUT,
@@ -143,39 +126,24 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     }
     let runtime = std::sync::Arc::new(Runtime::new());
 
-    if let Some(path) = config.source.path.as_ref().map(|p| resolve(p.get_ref())) {
-        let mut pipeline = build_pipeline(&config, inventory.as_deref(), &runtime)?;
-        tracing::info!(source = %path.display(), "reading the file source");
-        // Stdout receivers print as entries are read; the others get each alert before the
-        // next entry (with retries).
-        let others: Vec<_> = config
-            .receivers
-            .iter()
-            .zip(&receivers)
-            .filter(|(r, _)| r.stdout.is_none())
-            .map(|(_, sink)| sink.clone())
-            .collect();
-        let router = crate::notify::route::Router::new(
-            others.iter().map(|s| s.name().to_owned()).collect(),
-            config.routes.clone(),
+    let file = match config.source.kind() {
+        Some(SourceKind::File(path)) => Some(resolve(path.get_ref())),
+        _ => None,
+    };
+    if let Some(path) = file {
+        return run_file(
+            &path,
+            &config,
+            &receivers,
+            inventory.as_deref(),
+            &formats,
+            &runtime,
         );
-        let mut inline = Inline {
-            receivers: others,
-            router,
-            runtime: &runtime,
-        };
-        feed(&[path], &mut pipeline, &formats, Some(&mut inline))?;
-        eprintln!(
-            "schedwatch run: {}; {} incidents still open",
-            pipeline.stats.summary(),
-            pipeline.incidents().open_count()
-        );
-        return Ok(ExitCode::SUCCESS);
     }
-    let source = match (config.source.pubsub(), &config.source.push) {
-        (Some(pull), _) => crate::service::Source::Pull(pull),
-        (None, Some(push)) => crate::service::Source::Push(push.get_ref().clone()),
-        (None, None) => return Err(usage("run needs a source: --subscription projects/P/subscriptions/S, --push, or [source] subscription, path or [source.push] in the config")),
+    let source = match config.source.kind() {
+        Some(SourceKind::Pull(sub)) => crate::service::Source::Pull(config.source.pubsub(sub.get_ref())),
+        Some(SourceKind::Push(push)) => crate::service::Source::Push(push.get_ref().clone()),
+        Some(SourceKind::File(_)) | None => return Err(usage("run needs a source: --subscription projects/P/subscriptions/S, --push, or [source] subscription, path or [source.push] in the config")),
     };
     let push = matches!(source, crate::service::Source::Push(_));
     let listen = crate::http::listen_address(args.listen, &config.server, push).map_err(usage)?;
@@ -210,6 +178,70 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `run` on a file source: read to its end. Stdout receivers print as entries are read; the
+/// others get each alert (with retries) before the next entry.
+fn run_file(
+    path: &Path,
+    config: &Config,
+    receivers: &[std::sync::Arc<dyn Sink>],
+    inventory: Option<&Path>,
+    formats: &[Format],
+    runtime: &Runtime,
+) -> anyhow::Result<ExitCode> {
+    let mut pipeline = build_pipeline(config, inventory, runtime)?;
+    tracing::info!(source = %path.display(), "reading the file source");
+    let others: Vec<_> = config
+        .receivers
+        .iter()
+        .zip(receivers)
+        .filter(|(r, _)| !matches!(r.kind, ReceiverKind::Stdout(_)))
+        .map(|(_, sink)| sink.clone())
+        .collect();
+    let router = crate::notify::route::Router::new(
+        others.iter().map(|s| s.name().to_owned()).collect(),
+        config.routes.clone(),
+    );
+    let mut inline = Inline {
+        receivers: others,
+        router,
+        runtime,
+    };
+    feed(
+        &[path.to_owned()],
+        &mut pipeline,
+        formats,
+        Some(&mut inline),
+    )?;
+    eprintln!(
+        "schedwatch run: {}; {} incidents still open",
+        pipeline.stats.summary(),
+        pipeline.incidents().open_count()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `--subscription` and `--push` replace the config's source; `--push` keeps its
+/// `[source.push]` settings, and checks them as the config's check does.
+fn source_flags(args: &RunArgs, source: &mut crate::source::SourceConfig) -> anyhow::Result<()> {
+    if let Some(sub) = &args.subscription {
+        if !crate::source::is_subscription_name(sub) {
+            return Err(usage(format!(
+                "--subscription {sub:?} is not projects/PROJECT/subscriptions/SUBSCRIPTION"
+            )));
+        }
+        source.set(SourceKind::Pull(toml::Spanned::new(0..0, sub.clone())));
+    }
+    if args.push {
+        let push = match source.kind() {
+            Some(SourceKind::Push(push)) => push.clone(),
+            _ => toml::Spanned::new(0..0, Default::default()),
+        };
+        push.get_ref().validate().map_err(usage)?;
+        source.set(SourceKind::Push(push));
+    }
+    Ok(())
+}
+
 /// `schedwatch send-test`: one sample alert to one receiver, one attempt; exit 0 when it was
 /// delivered, 1 with the receiver's answer when not, 2 when the receiver is not configured.
 pub fn send_test(args: SendTestArgs) -> anyhow::Result<ExitCode> {
@@ -233,7 +265,7 @@ pub fn send_test(args: SendTestArgs) -> anyhow::Result<ExitCode> {
             names.join(", ")
         )));
     };
-    let sink = crate::notify::deliver::receiver(r).map_err(usage)?;
+    let sink = r.build().map_err(usage)?;
     let alert = sample_alert(&loaded.config)?;
     let runtime = Runtime::new();
     match runtime.handle().block_on(sink.send(&alert)) {
@@ -392,7 +424,10 @@ fn receiver_formats(config: &Config) -> Vec<Format> {
     config
         .receivers
         .iter()
-        .filter_map(|r| r.stdout.as_ref().map(|s| s.format))
+        .filter_map(|r| match &r.kind {
+            ReceiverKind::Stdout(s) => Some(s.format),
+            _ => None,
+        })
         .collect()
 }
 

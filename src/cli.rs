@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::Format;
+use schedwatch_sinks::Format;
 
 /// Finds Cloud Scheduler jobs that fail authentication, names the cause from the job's config,
 /// and alerts with the exact fix.
@@ -35,9 +35,9 @@ pub enum Command {
     Replay(ReplayArgs),
     /// Checks job configs before anything fails; exit 1 when any job has a finding.
     Audit(AuditArgs),
-    /// Validates a config file and says what is wrong, with the line: every key, every range,
-    /// and every secret it names (read as `run` will, never printed; `--no-secrets` skips
-    /// them).
+    /// Validates a config file and says what is wrong, with the line: what `run` checks before
+    /// it starts — every key, every range, every secret it names (read as `run` will, never
+    /// printed; `--no-secrets` skips them), the receivers and the job inventory.
     CheckConfig(CheckConfigArgs),
     /// Sends a sample alert (the commit-worker case) to one receiver, to check its wiring.
     SendTest(SendTestArgs),

@@ -26,9 +26,10 @@
 //! - [`diagnose`]: CONTRACT section 3's rule table → code, confidence, words and the fix
 //!   (`gcloud` + Terraform).
 //! - [`notify`]: turns an incident transition into the CONTRACT section 4 alert;
-//!   [`notify::route`] picks the receivers (`[[routes]]`) and [`notify::deliver`] builds them
-//!   and runs a retrying queue per receiver. Every receiver, and every view of an alert (the
-//!   terminal view, NDJSON, email, Slack), lives in `schedwatch-sinks`.
+//!   [`notify::receiver`] is `[[receivers]]` (one enum of kinds) and builds them,
+//!   [`notify::route`] picks the receivers (`[[routes]]`) and [`notify::deliver`] runs a
+//!   retrying queue per receiver. Every receiver, and every view of an alert (the terminal
+//!   view, NDJSON, email, Slack), lives in `schedwatch-sinks`.
 //! - [`pipeline`]: the stages joined; every door (`replay`, `run`) calls the same
 //!   [`pipeline::Pipeline::process_item`].
 //! - [`store`]: the durable state of `run` (incidents, dedup keys, the outbox), committed a

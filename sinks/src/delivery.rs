@@ -154,41 +154,17 @@ pub(crate) fn default_timeout() -> Duration {
     DEFAULT_TIMEOUT
 }
 
-/// Reads a `timeout` such as `"10s"`, `"1500ms"`, `"1m"` or `"1m30s"`. Its range (1s to 5m) is
-/// checked with the rest of the config, by the application, so every key's range is checked and
-/// reported alike (with the line).
+/// Reads a `timeout` in the grammar of every duration key of the config, humantime's (`"10s"`,
+/// `"1500ms"`, `"1m30s"`, `"2 min"`). Its range (1s to 5m) is checked with the rest of the
+/// config, by the application, so every key's range is checked and reported alike (with the
+/// line).
 pub(crate) fn deserialize_timeout<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(d)?;
-    parse_timeout(&text).map_err(serde::de::Error::custom)
-}
-
-fn parse_timeout(text: &str) -> Result<Duration, String> {
-    let bad =
-        || format!("timeout {text:?}: expected a duration such as \"10s\", \"1500ms\" or \"1m\"");
-    let mut rest = text.trim();
-    if rest.is_empty() {
-        return Err(bad());
-    }
-    let mut total = Duration::ZERO;
-    while !rest.is_empty() {
-        let digits = rest
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        let number: u64 = rest[..digits].parse().map_err(|_| bad())?;
-        rest = &rest[digits..];
-        let unit = rest
-            .find(|c: char| c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        let part = match &rest[..unit] {
-            "ms" => Duration::from_millis(number),
-            "s" => Duration::from_secs(number),
-            "m" => Duration::from_secs(number.saturating_mul(60)),
-            _ => return Err(bad()),
-        };
-        total = total.saturating_add(part);
-        rest = &rest[unit..];
-    }
-    Ok(total)
+    humantime::parse_duration(&text).map_err(|e| {
+        serde::de::Error::custom(format!(
+            "timeout {text:?}: {e}; write a duration such as \"10s\", \"1500ms\" or \"1m30s\""
+        ))
+    })
 }
 
 /// An absolute http(s) URL with a host.
@@ -243,13 +219,21 @@ mod tests {
 
     #[test]
     fn timeouts_parse_in_the_config_spelling() {
-        assert_eq!(parse_timeout("10s"), Ok(Duration::from_secs(10)));
-        assert_eq!(parse_timeout("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(parse_timeout("1m30s"), Ok(Duration::from_secs(90)));
-        // Huge numbers saturate instead of overflowing; the config's range check refuses them.
-        assert!(parse_timeout("18446744073709551615m1s").is_ok());
-        for bad in ["", "10", "s", "10 h", "-1s", "1.5s"] {
-            assert!(parse_timeout(bad).is_err(), "{bad:?} should be refused");
+        let parse = |text: &str| {
+            deserialize_timeout(
+                serde::de::value::StrDeserializer::<serde::de::value::Error>::new(text),
+            )
+        };
+        assert_eq!(parse("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse("1500ms"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse("1m30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse("1m"), Ok(Duration::from_secs(60)));
+        // The grammar of every other duration key, now the sinks' too.
+        assert_eq!(parse("2min"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse("1h"), Ok(Duration::from_secs(3600)));
+        for bad in ["", "10", "s", "ten", "-1s", "18446744073709551615m1s"] {
+            assert!(parse(bad).is_err(), "{bad:?} should be refused");
         }
     }
 

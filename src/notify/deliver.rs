@@ -1,4 +1,5 @@
-//! Delivery: the configured receivers, and a queue per receiver fed from the store's outbox.
+//! Delivery: a queue per receiver fed from the store's outbox. The receivers are built from
+//! their config in [`super::receiver`]; the stdout, file and other sinks live in the sinks crate.
 //!
 //! ```text
 //!  processor ──(outbox rows)──► one task per receiver: send, retry with backoff ──► report
@@ -17,17 +18,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use schedwatch_sinks::email::EmailSink;
-use schedwatch_sinks::file::FileReceiver;
-use schedwatch_sinks::pagerduty::PagerDutySink;
-use schedwatch_sinks::slack::SlackSink;
-use schedwatch_sinks::stdout::StdoutReceiver;
-use schedwatch_sinks::webhook::WebhookSink;
 use schedwatch_sinks::{Alert, DeliveryError, Sink};
 use tokio::sync::mpsc;
 
 use super::route::{RouteConfig, Router};
-use crate::config::ReceiverConfig;
 use crate::store::OutboxRow;
 
 /// The name of the stdout receiver `run --format` adds: it prints every alert, whatever the
@@ -38,39 +32,6 @@ pub const CLI_STDOUT: &str = "--format";
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 /// The longest wait between two attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
-
-/// Builds every configured receiver, reading its secrets now: a missing secret is a config
-/// error at start, not a failed alert at 3 a.m.
-pub fn receivers(config: &[ReceiverConfig]) -> anyhow::Result<Vec<Arc<dyn Sink>>> {
-    config.iter().map(receiver).collect()
-}
-
-/// Builds one receiver.
-pub fn receiver(r: &ReceiverConfig) -> anyhow::Result<Arc<dyn Sink>> {
-    let name = r.name.clone();
-    let context = |e: &dyn std::fmt::Display| anyhow::anyhow!("receiver {name:?}: {e}");
-    if r.kinds() != 1 {
-        return Err(context(
-            &"needs exactly one of stdout, file, slack, webhook, pagerduty or email",
-        ));
-    }
-    let sink: Arc<dyn Sink> = if let Some(s) = &r.stdout {
-        Arc::new(StdoutReceiver::stdout(&r.name, vec![s.format]))
-    } else if let Some(f) = &r.file {
-        Arc::new(FileReceiver::file(&r.name, &f.path, f.format).map_err(|e| context(&e))?)
-    } else if let Some(c) = &r.slack {
-        Arc::new(SlackSink::new(&r.name, c).map_err(|e| context(&e))?)
-    } else if let Some(c) = &r.webhook {
-        Arc::new(WebhookSink::new(&r.name, c).map_err(|e| context(&e))?)
-    } else if let Some(c) = &r.pagerduty {
-        Arc::new(PagerDutySink::new(&r.name, c).map_err(|e| context(&e))?)
-    } else if let Some(c) = &r.email {
-        Arc::new(EmailSink::new(&r.name, c).map_err(|e| context(&e))?)
-    } else {
-        unreachable!("kinds() == 1")
-    };
-    Ok(sink)
-}
 
 /// What a receiver's queue reports about one outbox row.
 #[derive(Debug)]

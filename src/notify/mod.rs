@@ -2,12 +2,14 @@
 //! configured receivers.
 //!
 //! - [`route`]: which receivers an alert goes to (`[[routes]]`, as Alertmanager does it).
-//! - [`deliver`]: the receivers built from the config, a queue per receiver with retries.
+//! - [`receiver`]: `[[receivers]]`, one enum of kinds, and how each is built.
+//! - [`deliver`]: a queue per receiver with retries.
 //!
 //! The sinks themselves (Slack, email, webhooks, PagerDuty, stdout and file, and the terminal
 //! view they print) live in the `schedwatch-sinks` crate.
 
 pub mod deliver;
+pub mod receiver;
 pub(crate) mod route;
 
 use chrono::{DateTime, Utc};

@@ -628,3 +628,133 @@ fn check_config_reads_the_database_secrets_too() {
         stderr(&out)
     );
 }
+
+/// Issue 14: check-config runs what `run` checks before it starts, with the same code. Each
+/// receiver here `run` refuses (exit 2); check-config said ok with `--no-secrets` (it built no
+/// receiver then) and, reading the secrets, refused it without a line. Now it refuses it either
+/// way, on the receiver's line.
+#[test]
+fn check_config_refuses_the_receivers_run_refuses_on_their_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        // An address that does not parse.
+        (
+            "from = \"not an address\"\nto = [\"b@example.com\"]",
+            "`from` = \"not an address\" is not an email address",
+        ),
+        (
+            "from = \"a@example.com\"\nto = [\"b@example.com\", \"b at example\"]",
+            "`to[1]` = \"b at example\" is not an email address",
+        ),
+        // An empty recipient list.
+        (
+            "from = \"a@example.com\"\nto = []",
+            "`to` needs at least one address",
+        ),
+        // Credentials by half.
+        (
+            "from = \"a@example.com\"\nto = [\"b@example.com\"]\nusername = \"alerts\"",
+            "`username` and `password` go together",
+        ),
+        // An empty host.
+        (
+            "host = \" \"\nfrom = \"a@example.com\"\nto = [\"b@example.com\"]",
+            "`host` is empty",
+        ),
+    ];
+    for (fields, says) in cases {
+        let fields = if fields.starts_with("host") {
+            fields.to_owned()
+        } else {
+            format!("host = \"smtp.example.com\"\n{fields}")
+        };
+        // [[receivers]] on line 7, its `[receivers.email]` on line 9.
+        let extra = format!("[[receivers]]\nname = \"mail\"\n[receivers.email]\n{fields}\n");
+        let cfg = demo_config(dir.path(), &extra);
+        let cfg = cfg.to_str().unwrap();
+        for args in [
+            vec!["check-config", "--no-secrets", cfg],
+            vec!["check-config", cfg],
+            vec!["run", "--config", cfg],
+        ] {
+            let out = run(&args);
+            let err = stderr(&out);
+            assert_eq!(out.status.code(), Some(2), "{args:?}, {fields}: {err}");
+            assert!(
+                err.contains("receiver \"mail\"") && err.contains(says),
+                "{args:?}, {fields}: {err}"
+            );
+            if args[0] == "check-config" {
+                assert!(err.contains("c.toml:9: "), "{args:?}, {fields}: {err}");
+            }
+        }
+    }
+    // The same receiver, right: ok, with and without the secrets.
+    let extra = "[[receivers]]\nname = \"mail\"\n[receivers.email]\nhost = \"smtp.example.com\"\nfrom = \"a@example.com\"\nto = [\"b@example.com\"]\n";
+    let cfg = demo_config(dir.path(), extra);
+    for args in [
+        vec!["check-config", "--no-secrets", cfg.to_str().unwrap()],
+        vec!["check-config", cfg.to_str().unwrap()],
+    ] {
+        let out = run(&args);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {}", stderr(&out));
+    }
+}
+
+/// Issue 14: a secret's value that `run` refuses (a Slack webhook that is not a URL) is refused
+/// by check-config on the receiver's line.
+#[test]
+fn check_config_names_the_line_of_a_secret_value_run_refuses() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = common::write(dir.path(), "slack-url", "not-a-url-but-secret\n");
+    let extra = format!(
+        "[[receivers]]\nname = \"sre\"\n[receivers.slack]\nwebhook_url = {{ file = {secret:?} }}\n"
+    );
+    let cfg = demo_config(dir.path(), &extra);
+    let cfg = cfg.to_str().unwrap();
+    for args in [vec!["check-config", cfg], vec!["run", "--config", cfg]] {
+        let out = run(&args);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(
+            err.contains("receiver \"sre\"") && err.contains("URL"),
+            "{args:?}: {err}"
+        );
+        assert!(!err.contains("not-a-url-but-secret"), "{args:?}: {err}");
+    }
+    let out = run(&["check-config", cfg]);
+    assert!(stderr(&out).contains("c.toml:9: "), "{}", stderr(&out));
+}
+
+/// Issue 14: `run` loads the job inventory before it reads an entry and refuses one that is
+/// not JSON; check-config only looked whether the path existed. It loads it now, and names the
+/// `inventory` line and the file.
+#[test]
+fn check_config_loads_the_inventory_as_run_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let jobs = dir.path().join("jobs");
+    std::fs::create_dir(&jobs).unwrap();
+    common::write(&jobs, "broken.json", "{\"name\": ");
+    let logs = common::root().join("config/demo/logs.ndjson");
+    let cfg = common::write(
+        dir.path(),
+        "c.toml",
+        format!("[source]\npath = {logs:?}\n[jobs]\ninventory = {jobs:?}\n"),
+    );
+    let cfg = cfg.to_str().unwrap();
+    for args in [
+        vec!["check-config", "--no-secrets", cfg],
+        vec!["run", "--config", cfg],
+    ] {
+        let out = run(&args);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains("broken.json"), "{args:?}: {err}");
+    }
+    let out = run(&["check-config", "--no-secrets", cfg]);
+    assert!(
+        stderr(&out).contains("c.toml:4: jobs.inventory: "),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -660,7 +660,13 @@ impl<'de, 'a> SeqAccess<'de> for Elements<'a> {
             return Ok(None);
         }
         self.left -= 1;
-        seed.deserialize(self.of.at(self.of.path.clone())).map(Some)
+        match seed.deserialize(self.of.at(self.of.path.clone())) {
+            Ok(v) => Ok(Some(v)),
+            // A `[[receivers]]` entry is walked with every kind at once, each one visited; the
+            // entry then refuses to name more than one: the walk is complete, the list empty.
+            Err(e) if e.to_string().contains("more than one destination") => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 }
 

@@ -241,7 +241,7 @@ mod tests {
             "a password is never inline"
         );
         assert!(with("security", "ssl".into()).is_err());
-        assert!(with("timeout", "10 s".into()).is_err());
+        assert!(with("timeout", "10".into()).is_err());
         assert!(with("timeout", "ten".into()).is_err());
     }
 }
