@@ -45,10 +45,12 @@ fn errors_name_the_line_and_what_to_change() {
     assert!(e.to_string().contains("no destination"), "{e}");
 }
 
-/// Each key's range, at both ends: the end itself is accepted, one step past it is an error
-/// on the key's line that names the key and the range. Each section's defaults pass.
-#[test]
-fn every_range_is_checked_at_both_ends_with_the_line() {
+/// An edge of a range: the value as written, and whether it is accepted.
+type Edges = [(String, bool); 4];
+
+/// Every key with a range: the section it is in (with what the section needs to parse), the
+/// key, and its edges.
+fn range_cases() -> Vec<(String, &'static str, Edges)> {
     let durations = |l: &Limit<Duration>| {
         let ms = |d: Duration| format!("\"{}ms\"", d.as_millis());
         let step = Duration::from_millis(1);
@@ -75,7 +77,7 @@ fn every_range_is_checked_at_both_ends_with_the_line() {
         format!("[[receivers]]\nname = \"r\"\n[receivers.{kind}]\n{fields}\n")
     };
     let email = "host = \"smtp.example.com\"\nfrom = \"a@example.com\"\nto = [\"b@example.com\"]";
-    let cases = [
+    vec![
         (
             "[source]\n".to_owned(),
             "streams",
@@ -208,8 +210,14 @@ fn every_range_is_checked_at_both_ends_with_the_line() {
             "repeat_interval",
             durations(&REPEAT_INTERVAL),
         ),
-    ];
-    for (section, key, edges) in cases {
+    ]
+}
+
+/// Each key's range, at both ends: the end itself is accepted, one step past it is an error
+/// on the key's line that names the key and the range. Each section's defaults pass.
+#[test]
+fn every_range_is_checked_at_both_ends_with_the_line() {
+    for (section, key, edges) in range_cases() {
         parse(&section).unwrap_or_else(|e| panic!("{section}: the defaults pass: {e}"));
         let line = section.lines().count() + 1;
         for (value, ok) in edges {
