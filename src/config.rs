@@ -15,8 +15,8 @@ use crate::correlate::SchedulerApiConfig;
 use crate::dedup;
 use crate::diagnose::DEFAULT_RUNBOOK;
 use crate::incidents::IncidentRules;
-use crate::service::StateConfig;
 use crate::source::pubsub::PubsubConfig;
+use crate::store::StateConfig;
 
 /// The whole config file.
 #[derive(Debug, Clone, Default, Deserialize)]
