@@ -3,9 +3,11 @@
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use schedwatch_sinks::stdout::{stdout, StdoutReceiver};
 use schedwatch_sinks::{Alert, Format, Printer, Sink};
+use tokio_util::sync::CancellationToken;
 
 use crate::cli::{AuditArgs, CheckConfigArgs, ReplayArgs, RunArgs, SendTestArgs};
 use crate::config::start::{build_receivers, Build};
@@ -158,13 +160,13 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         ),
     };
     let pipeline = build_pipeline(&config, inventory.as_deref(), &runtime)?;
-    let rebuild = {
+    let rebuild: crate::service::Rebuild = {
         let (config, inventory, runtime) = (config.clone(), inventory.clone(), runtime.clone());
-        Box::new(move || build_pipeline(&config, inventory.as_deref(), &runtime))
+        std::sync::Arc::new(move || build_pipeline(&config, inventory.as_deref(), &runtime))
     };
     let mut state = config.state.clone();
     state.dir = state_dir;
-    crate::service::run(crate::service::Service {
+    serve(crate::service::Service {
         pipeline,
         store,
         source,
@@ -240,6 +242,27 @@ fn source_flags(args: &RunArgs, source: &mut crate::source::SourceConfig) -> any
         source.set(SourceKind::Push(push));
     }
     Ok(())
+}
+
+/// Runs the service until SIGTERM or SIGINT, and its in-flight work `[state]
+/// shutdown_timeout` at most after that.
+fn serve(service: crate::service::Service) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        // The pull tasks and the HTTP server only move bytes; the processor runs on this
+        // thread, in `block_on`.
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    // First of all, so that a signal during start-up is a clean shutdown too.
+    let signals = {
+        let _context = runtime.enter();
+        crate::shutdown::Signals::register()?
+    };
+    let shutdown = CancellationToken::new();
+    runtime.spawn(signals.cancel_on_signal(shutdown.clone(), service.state.shutdown_timeout));
+    let result = runtime.block_on(crate::service::run(service, shutdown));
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    result
 }
 
 /// `schedwatch send-test`: one sample alert to one receiver, one attempt; exit 0 when it was

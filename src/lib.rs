@@ -33,9 +33,12 @@
 //! - [`pipeline`]: the stages joined; every door (`replay`, `run`) calls the same
 //!   [`pipeline::Pipeline::process_item`].
 //! - [`store`]: the durable state of `run` (incidents, dedup keys, the outbox), committed a
-//!   batch at a time before messages are acked; [`service`] is the long-running loop around it.
+//!   batch at a time before messages are acked: one contract ([`store::Store`]), two stores
+//!   (a redb file, PostgreSQL). [`service`] is the long-running loop around it: its entry
+//!   ([`service::run`], stopped by a token), the one batch processor, the alerts in flight.
 //! - [`config`], [`cli`], [`app`]: the config file, the command line, and the wiring of each
-//!   command. `main.rs` only parses arguments, sets up logging and maps errors to exit codes.
+//!   command; [`shutdown`] turns signals into the service's token. `main.rs` only parses
+//!   arguments, sets up logging and maps errors to exit codes.
 //!
 //! `audit` is correlate + diagnose without logs. [`metrics`] counts for `GET /metrics`
 //! ([`http`]). Modules that nothing outside the crate uses are `pub(crate)`, so the compiler
@@ -59,6 +62,7 @@ pub(crate) mod metrics;
 pub mod notify;
 pub mod pipeline;
 pub(crate) mod service;
+pub mod shutdown;
 pub mod source;
 pub(crate) mod store;
 

@@ -37,8 +37,8 @@ use crate::correlate::SchedulerApiConfig;
 use crate::incidents::IncidentRules;
 use crate::notify::receiver::ReceiverConfig;
 use crate::notify::route::RouteConfig;
-use crate::service::StateConfig;
 use crate::source::SourceConfig;
+use crate::store::StateConfig;
 use check::Check;
 
 /// The whole config file.

@@ -18,8 +18,8 @@ use crate::dedup;
 use crate::diagnose::DEFAULT_RUNBOOK;
 use crate::http::ServerConfig;
 use crate::incidents::IncidentRules;
-use crate::service::StateConfig;
 use crate::source::{is_subscription_name, SourceConfig, SourceKind};
+use crate::store::StateConfig;
 
 /// A config section that checks itself against the config text (for the lines of its errors).
 pub trait Section {
