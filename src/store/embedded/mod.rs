@@ -271,29 +271,7 @@ impl EmbeddedStore {
                 }
             }
 
-            let mut dedup = tx.open_table(DEDUP).map_err(|e| self.err(e))?;
-            let mut order = tx.open_table(DEDUP_ORDER).map_err(|e| self.err(e))?;
-            for key in changes.dedup_keys {
-                if dedup.get(key).map_err(|e| self.err(e))?.is_some() {
-                    continue;
-                }
-                let seq = dedup_seq;
-                dedup_seq += 1;
-                dedup.insert(key, seq).map_err(|e| self.err(e))?;
-                order.insert(seq, key).map_err(|e| self.err(e))?;
-            }
-            // Expire the oldest keys past the capacity.
-            let excess = order
-                .len()
-                .map_err(|e| self.err(e))?
-                .saturating_sub(self.dedup_capacity);
-            for _ in 0..excess {
-                let Some((_, key)) = order.pop_first().map_err(|e| self.err(e))? else {
-                    break;
-                };
-                let key = key.value();
-                dedup.remove(key).map_err(|e| self.err(e))?;
-            }
+            dedup_seq = self.write_dedup_keys(&tx, &changes.dedup_keys, dedup_seq)?;
 
             let mut outbox = tx.open_table(OUTBOX).map_err(|e| self.err(e))?;
             for alert in changes.alerts {
@@ -310,39 +288,85 @@ impl EmbeddedStore {
             meta.insert("outbox_seq", outbox_seq)
                 .map_err(|e| self.err(e))?;
 
-            let mut sent = tx.open_table(SENT).map_err(|e| self.err(e))?;
-            let now = chrono::Utc::now().to_rfc3339();
-            for done in changes.sent {
-                let id = done.id;
-                if let Some(row) = outbox.remove(id).map_err(|e| self.err(e))? {
-                    // The alert as it was stored, not parsed and written again.
-                    let alert: Option<&serde_json::value::RawValue> =
-                        serde_json::from_slice(row.value()).ok();
-                    let record = serde_json::to_vec(&DoneRecord {
-                        done_at: &now,
-                        failed: done
-                            .failed
-                            .iter()
-                            .map(|(receiver, reason)| Refusal { receiver, reason })
-                            .collect(),
-                        alert,
-                    })
-                    .map_err(|e| self.encode(e))?;
-                    drop(row);
-                    sent.insert(id, record.as_slice())
-                        .map_err(|e| self.err(e))?;
-                }
-            }
-            let excess = sent
-                .len()
-                .map_err(|e| self.err(e))?
-                .saturating_sub(SENT_KEPT);
-            for _ in 0..excess {
-                sent.pop_first().map_err(|e| self.err(e))?;
-            }
+            self.record_sent(&tx, &mut outbox, &changes.sent)?;
         }
         tx.commit().map_err(|e| self.err(e))?;
         Ok(rows)
+    }
+
+    /// Adds a batch's dedup keys (new ones only) and drops the oldest past the capacity;
+    /// returns the next sequence number.
+    fn write_dedup_keys(
+        &self,
+        tx: &redb::WriteTransaction,
+        keys: &[u128],
+        mut dedup_seq: u64,
+    ) -> Result<u64, StoreError> {
+        let mut dedup = tx.open_table(DEDUP).map_err(|e| self.err(e))?;
+        let mut order = tx.open_table(DEDUP_ORDER).map_err(|e| self.err(e))?;
+        for &key in keys {
+            if dedup.get(key).map_err(|e| self.err(e))?.is_some() {
+                continue;
+            }
+            let seq = dedup_seq;
+            dedup_seq += 1;
+            dedup.insert(key, seq).map_err(|e| self.err(e))?;
+            order.insert(seq, key).map_err(|e| self.err(e))?;
+        }
+        // Expire the oldest keys past the capacity.
+        let excess = order
+            .len()
+            .map_err(|e| self.err(e))?
+            .saturating_sub(self.dedup_capacity);
+        for _ in 0..excess {
+            let Some((_, key)) = order.pop_first().map_err(|e| self.err(e))? else {
+                break;
+            };
+            let key = key.value();
+            dedup.remove(key).map_err(|e| self.err(e))?;
+        }
+        Ok(dedup_seq)
+    }
+
+    /// Moves the finished outbox rows to the `sent` table (the alert as stored, with the
+    /// refusals), keeping the last [`SENT_KEPT`].
+    fn record_sent(
+        &self,
+        tx: &redb::WriteTransaction,
+        outbox: &mut redb::Table<'_, u64, &[u8]>,
+        sent_rows: &[Sent],
+    ) -> Result<(), StoreError> {
+        let mut sent = tx.open_table(SENT).map_err(|e| self.err(e))?;
+        let now = chrono::Utc::now().to_rfc3339();
+        for done in sent_rows {
+            let id = done.id;
+            if let Some(row) = outbox.remove(id).map_err(|e| self.err(e))? {
+                // The alert as it was stored, not parsed and written again.
+                let alert: Option<&serde_json::value::RawValue> =
+                    serde_json::from_slice(row.value()).ok();
+                let record = serde_json::to_vec(&DoneRecord {
+                    done_at: &now,
+                    failed: done
+                        .failed
+                        .iter()
+                        .map(|(receiver, reason)| Refusal { receiver, reason })
+                        .collect(),
+                    alert,
+                })
+                .map_err(|e| self.encode(e))?;
+                drop(row);
+                sent.insert(id, record.as_slice())
+                    .map_err(|e| self.err(e))?;
+            }
+        }
+        let excess = sent
+            .len()
+            .map_err(|e| self.err(e))?
+            .saturating_sub(SENT_KEPT);
+        for _ in 0..excess {
+            sent.pop_first().map_err(|e| self.err(e))?;
+        }
+        Ok(())
     }
 }
 
