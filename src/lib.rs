@@ -16,7 +16,7 @@
 //!
 //! - [`source`]: where entries come from. [`source::file`] reads NDJSON, JSON arrays and
 //!   Pub/Sub message dumps, streaming, with bounded memory; [`source::pubsub`] holds streaming
-//!   pulls on a subscription.
+//!   pulls on a subscription; [`source::push`] takes Pub/Sub's push requests, token checked.
 //! - [`decode`]: a Cloud Logging `LogEntry` → an [`decode::Attempt`] (job, outcome, event time),
 //!   or a named [`decode::SkipReason`].
 //! - [`dedup`]: the same entry delivered twice counts once, in a bounded window.
