@@ -155,8 +155,9 @@ pub struct Metrics {
     pub incidents_swept: [AtomicU64; 2],
     /// The pipeline's evictions as of its last batch, in the same order.
     pipeline_evicted: [AtomicU64; 2],
-    /// How long a batch's store transaction took, from its first statement to its commit
-    /// (with a shared store, including the wait for other replicas' row locks), in seconds.
+    /// How long a batch spent in the store, in seconds: reading what it needs (with a shared
+    /// store, including the wait for other replicas' row locks) and committing; the pipeline's
+    /// work between the two is not counted.
     pub store_transaction: Histogram,
     skipped: Family<Label, Counter>,
     duplicates: Counter,
@@ -330,7 +331,7 @@ impl Metrics {
         );
         r.register(
             "store_transaction_seconds",
-            "How long a batch's store transaction took, first statement to commit (with a shared store, including waits for other replicas' row locks)",
+            "How long a batch spent in the store: reading what it needs (with a shared store, including waits for other replicas' row locks) and committing",
             self.store_transaction.clone(),
         );
         r.register(
