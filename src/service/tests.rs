@@ -1,6 +1,7 @@
-//! The service driven inside the test process, on a paused clock: messages handed to the
-//! batch processor as the push door hands them (each with the ack its request waits for), the
-//! embedded store in a temporary folder, a file receiver.
+//! The service driven inside the test process: the batch processor on a paused clock, fed
+//! messages as the push door hands them (each with the ack its request waits for); and the
+//! whole service through `run(service, shutdown)`, pushed to on a loopback port and stopped by
+//! its token. The embedded store in a temporary folder, a file receiver.
 
 use std::path::Path;
 
@@ -161,4 +162,96 @@ async fn a_batch_is_committed_at_commit_interval_or_at_commit_max_messages_which
         .load()
         .unwrap();
     assert_eq!(state.dedup_keys.len(), 4);
+}
+
+/// One push request on a fresh connection; the answer's status code.
+async fn push(addr: std::net::SocketAddr, n: usize, line: &str) -> u16 {
+    use base64::Engine as _;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let body = serde_json::json!({
+        "message": {
+            "data": base64::engine::general_purpose::STANDARD.encode(line),
+            "messageId": n.to_string(),
+        },
+        "subscription": "projects/acme-prod/subscriptions/schedwatch-push",
+    })
+    .to_string();
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!(
+        "POST /pubsub/push HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    conn.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    conn.read_to_end(&mut answer).await.unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    answer
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP answer: {answer}"))
+}
+
+/// The whole service through its entry, `run(service, shutdown)`, inside this process: the push
+/// door on a loopback port, the embedded store, a file receiver. Each request is answered 204
+/// once its entry is committed; cancelling the token (what a signal does in `main`) ends `run`
+/// with `Ok`, and the next start finds the state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_service_runs_in_process_from_its_entry_until_its_token_is_cancelled() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap()
+    };
+    let alerts = dir.path().join("alerts.ndjson");
+    let service = Service {
+        pipeline: pipeline().unwrap(),
+        store: Backend::Embedded(EmbeddedStore::open(dir.path(), 1000).unwrap()),
+        source: Source::Push(crate::source::push::PushConfig {
+            allow_unauthenticated: true,
+            ..Default::default()
+        }),
+        listen: Some(addr),
+        max_connections: 16,
+        state: StateConfig::default(),
+        receivers: vec![Arc::new(
+            FileReceiver::file("file", &alerts, Format::Json).unwrap(),
+        )],
+        routes: Vec::new(),
+        rebuild: Arc::new(pipeline),
+    };
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(run(service, shutdown.clone()));
+
+    let lines = failures();
+    // The port is bound inside `run`: the first request may come before it listens.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while tokio::net::TcpStream::connect(addr).await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never listened on {addr}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for (n, line) in lines.iter().enumerate() {
+        assert_eq!(push(addr, n, line).await, 204, "entry {n}");
+    }
+    while !std::fs::read_to_string(&alerts).is_ok_and(|t| t.contains("\"firing\"")) {
+        assert!(tokio::time::Instant::now() < deadline, "no firing alert");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(30), running)
+        .await
+        .expect("run ends after its token is cancelled")
+        .unwrap()
+        .expect("run ends with Ok");
+    // Stopped: the port is closed, and the next start carries on from the file.
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+    let state = EmbeddedStore::open(dir.path(), 1000)
+        .unwrap()
+        .load()
+        .unwrap();
+    assert_eq!(state.incidents.len(), 1);
+    assert_eq!(state.dedup_keys.len(), lines.len());
 }
