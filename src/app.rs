@@ -57,6 +57,7 @@ pub fn check_config(args: CheckConfigArgs) -> anyhow::Result<ExitCode> {
     };
     build_receivers(Some(&loaded), &c.receivers, build).map_err(usage)?;
     loaded.check_inventory().map_err(usage)?;
+    loaded.check_state_store(!args.no_secrets).map_err(usage)?;
     println!(
         "{}: ok (source: {}; inventory: {}; Scheduler API: {}; {} receiver(s); {secrets})",
         args.file.display(),
@@ -104,6 +105,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     // not a failed alert at 3 a.m. or a store that cannot connect.
     if let Some(l) = &loaded {
         l.check_secrets().map_err(usage)?;
+        l.check_state_store(true).map_err(usage)?;
     }
     let resolve = |p: &Path| resolve(loaded.as_ref(), p);
     source_flags(&args, &mut config.source)?;

@@ -58,6 +58,20 @@ pub fn build_receivers(
 }
 
 impl Loaded {
+    /// `[state.postgres]` as the store will use it: the URL parses (when `read_secrets`), the
+    /// CA file reads; an error names the key's line and never the URL.
+    pub fn check_state_store(&self, read_secrets: bool) -> Result<(), ConfigError> {
+        let Some(pg) = &self.config.state.postgres else {
+            return Ok(());
+        };
+        pg.check(read_secrets).map_err(|(key, message)| {
+            self.at().error_at_key(
+                &format!("state.postgres.{key}"),
+                format!("state.postgres.{message}"),
+            )
+        })
+    }
+
     /// Loads the job inventory as `run` will (every file parsed); an error names the
     /// `inventory` line and the file.
     pub fn check_inventory(&self) -> Result<(), ConfigError> {

@@ -758,3 +758,56 @@ fn check_config_loads_the_inventory_as_run_does() {
         stderr(&out)
     );
 }
+
+/// A database URL that does not parse, or a CA file that is not PEM: `run` refuses it before it
+/// starts (it used to retry the connection forever), and `check-config` says so with the line —
+/// never quoting the URL, which may hold a password.
+#[test]
+fn a_database_url_or_ca_file_the_store_cannot_use_is_refused_by_run_and_check_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let not_pem = common::write(dir.path(), "ca.pem", "not a certificate\n");
+    let cases = [
+        (
+            "url = { env = \"SCHEDWATCH_TEST_DB_URL\" }\n",
+            "postgres://alice:s3cret-pw@db.internal:5432/schedwatch?sslmode=sometimes",
+            "c.toml:4:",
+            "state.postgres.url is not a PostgreSQL URL",
+        ),
+        (
+            &format!(
+                "url = {{ env = \"SCHEDWATCH_TEST_DB_URL\" }}\ntls = \"require\"\nca_file = {:?}\n",
+                not_pem.to_str().unwrap()
+            ) as &str,
+            "postgres://alice@db.internal:5432/schedwatch",
+            "c.toml:6:",
+            "state.postgres.ca_file",
+        ),
+    ];
+    for (table, url, line, says) in cases {
+        let cfg = common::write(
+            dir.path(),
+            "c.toml",
+            format!(
+                "[source]\nsubscription = \"projects/acme-prod/subscriptions/sched-logs\"\n[state.postgres]\n{table}"
+            ),
+        );
+        for args in [
+            vec!["check-config", cfg.to_str().unwrap()],
+            vec!["run", "--config", cfg.to_str().unwrap()],
+        ] {
+            let out = common::bin()
+                .args(&args)
+                .env("SCHEDWATCH_TEST_DB_URL", url)
+                .env_remove("PUBSUB_EMULATOR_HOST")
+                .output()
+                .unwrap();
+            let err = stderr(&out);
+            assert_eq!(out.status.code(), Some(2), "{args:?} {url}: {err}");
+            assert!(
+                err.contains(line) && err.contains(says),
+                "{args:?} {url}: {err}"
+            );
+            assert!(!err.contains("s3cret-pw"), "{args:?}: {err}");
+        }
+    }
+}

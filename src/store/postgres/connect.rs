@@ -143,6 +143,27 @@ pub(super) fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
+impl PostgresConfig {
+    /// What `run` refuses before it starts, checked by `check-config` too: a `url` that is not a
+    /// PostgreSQL URL (when `read_secrets`; the value is never quoted, it may hold a password)
+    /// and, with `tls = "require"`, a `ca_file` that does not read as PEM certificates. On
+    /// error, the key it is about and why.
+    pub fn check(&self, read_secrets: bool) -> Result<(), (&'static str, String)> {
+        if read_secrets {
+            if let Some(url) = &self.url {
+                let url = url.read().map_err(|e| ("url", format!("url: {e}")))?;
+                url.expose()
+                    .parse::<tokio_postgres::Config>()
+                    .map_err(|e| ("url", format!("url is not a PostgreSQL URL: {e}")))?;
+            }
+        }
+        if self.tls == TlsMode::Require && self.ca_file.is_some() {
+            tls_config(self.ca_file.as_deref()).map_err(|e| ("ca_file", e))?;
+        }
+        Ok(())
+    }
+}
+
 impl PostgresStore {
     /// Connects, and applies the schema's missing migrations under an advisory lock (replicas
     /// starting together apply each once).
@@ -277,6 +298,12 @@ fn tls_config(ca_file: Option<&std::path::Path>) -> Result<rustls::ClientConfig,
                 roots
                     .add(cert)
                     .map_err(|e| format!("ca_file {}: {e}", path.display()))?;
+            }
+            if roots.is_empty() {
+                return Err(format!(
+                    "ca_file {}: no PEM certificate in it (-----BEGIN CERTIFICATE-----)",
+                    path.display()
+                ));
             }
         }
         None => {
