@@ -241,24 +241,35 @@ fn every_hcl_block_in_the_deploy_guide_parses_and_covers_the_set_up() {
 /// plausible value each: `check-config` reads them (the files a config names, such as
 /// `/run/secrets/…`, are not on this machine: those configs are checked with `--no-secrets`).
 fn secret_env(text: &str) -> Vec<(String, String)> {
-    fn walk(v: &toml::Value, out: &mut Vec<(String, String)>) {
+    /// `path`: the keys down to `v`. A database URL gets a connection string, every other
+    /// secret a URL (which a key or a password takes as well).
+    fn walk(v: &toml::Value, path: &mut Vec<String>, out: &mut Vec<(String, String)>) {
         match v {
             toml::Value::Table(t) => {
                 if let (1, Some(toml::Value::String(var))) = (t.len(), t.get("env")) {
+                    let database = path.ends_with(&["postgres".to_owned(), "url".to_owned()]);
                     out.push((
                         var.clone(),
-                        "https://hooks.example.com/services/T0/B0/x".into(),
+                        if database {
+                            "postgres://schedwatch@127.0.0.1:5432/schedwatch".into()
+                        } else {
+                            "https://hooks.example.com/services/T0/B0/x".into()
+                        },
                     ));
                 }
-                t.values().for_each(|v| walk(v, out));
+                for (k, v) in t {
+                    path.push(k.clone());
+                    walk(v, path, out);
+                    path.pop();
+                }
             }
-            toml::Value::Array(a) => a.iter().for_each(|v| walk(v, out)),
+            toml::Value::Array(a) => a.iter().for_each(|v| walk(v, path, out)),
             _ => {}
         }
     }
     let mut out = Vec::new();
     if let Ok(t) = toml::from_str::<toml::Table>(text) {
-        walk(&toml::Value::Table(t), &mut out);
+        walk(&toml::Value::Table(t), &mut Vec::new(), &mut out);
     }
     out
 }
