@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 
 use crate::common::emulator::free_port;
 use crate::common::postgres::Postgres;
-use crate::common::service::{assert_clean_exit, Service, Start};
+use crate::common::service::{assert_clean_exit, Service};
 use crate::common::{self};
 use crate::endpoints::{eventually, scrape};
 use crate::postgres_tls::{push, push_config, ready, start_numbered};
@@ -168,20 +168,6 @@ fn embedded_push_config(dir: &Path, address: &str, incidents: &str) -> std::path
     )
 }
 
-fn start_embedded(dir: &Path, config: &Path, n: usize) -> Service {
-    Start {
-        emulator: None,
-        sub: "",
-        jobs: None,
-        state: &dir.join("state"),
-        config: Some(config),
-        dir,
-        n,
-        args: &[],
-    }
-    .spawn()
-}
-
 fn wait_ready(service: &mut Service, address: &str) {
     let address = address.to_owned();
     eventually(service, "ready", Duration::from_secs(30), || {
@@ -195,7 +181,7 @@ fn an_incident_evicted_at_the_cap_is_deleted_from_the_embedded_store_and_stays_g
     let dir = tempfile::tempdir().unwrap();
     let address = format!("127.0.0.1:{}", free_port());
     let config = embedded_push_config(dir.path(), &address, "max_tracked_jobs = 2");
-    let mut service = start_embedded(dir.path(), &config, 0);
+    let mut service = start_numbered(dir.path(), &config, 0);
     wait_ready(&mut service, &address);
     // a, b, c fail once each (3 failures fire): c's incident needs room, a's goes.
     for (id, job) in ["a", "b", "c"].into_iter().enumerate() {
@@ -218,7 +204,7 @@ fn an_incident_evicted_at_the_cap_is_deleted_from_the_embedded_store_and_stays_g
     assert_eq!(metrics["schedwatch_incidents_open"], 2.0);
     assert_clean_exit(service.terminate());
 
-    let mut again = start_embedded(dir.path(), &config, 1);
+    let mut again = start_numbered(dir.path(), &config, 1);
     wait_ready(&mut again, &address);
     assert!(
         again.stderr().contains("open_incidents=2"),

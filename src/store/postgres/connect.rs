@@ -144,18 +144,38 @@ pub(super) fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
 }
 
 impl PostgresConfig {
+    /// The connection settings from `url` and `password`, both read now; on error, the key it
+    /// is about and why (never the URL).
+    fn connection(&self) -> Result<tokio_postgres::Config, (&'static str, String)> {
+        let url = self
+            .url
+            .as_ref()
+            .ok_or((
+                "url",
+                "[state.postgres] needs `url` (from env or a file)".to_owned(),
+            ))?
+            .read()
+            .map_err(|e| ("url", format!("url: {e}")))?;
+        let mut pg: tokio_postgres::Config = url
+            .expose()
+            .parse()
+            .map_err(|e| ("url", format!("url is not a PostgreSQL URL: {e}")))?;
+        if let Some(p) = &self.password {
+            let p = p
+                .read()
+                .map_err(|e| ("password", format!("password: {e}")))?;
+            pg.password(p.expose());
+        }
+        Ok(pg)
+    }
+
     /// What `run` refuses before it starts, checked by `check-config` too: a `url` that is not a
     /// PostgreSQL URL (when `read_secrets`; the value is never quoted, it may hold a password)
     /// and, with `tls = "require"`, a `ca_file` that does not read as PEM certificates. On
     /// error, the key it is about and why.
     pub fn check(&self, read_secrets: bool) -> Result<(), (&'static str, String)> {
-        if read_secrets {
-            if let Some(url) = &self.url {
-                let url = url.read().map_err(|e| ("url", format!("url: {e}")))?;
-                url.expose()
-                    .parse::<tokio_postgres::Config>()
-                    .map_err(|e| ("url", format!("url is not a PostgreSQL URL: {e}")))?;
-            }
+        if read_secrets && self.url.is_some() {
+            self.connection()?;
         }
         if self.tls == TlsMode::Require && self.ca_file.is_some() {
             tls_config(self.ca_file.as_deref()).map_err(|e| ("ca_file", e))?;
@@ -171,27 +191,9 @@ impl PostgresStore {
         config: &PostgresConfig,
         owner: String,
     ) -> Result<PostgresStore, StoreError> {
-        let url = config
-            .url
-            .as_ref()
-            .ok_or_else(|| {
-                db(
-                    "postgres",
-                    "[state.postgres] needs `url` (from env or a file)",
-                )
-            })?
-            .read()
-            .map_err(|e| db("postgres", format!("url: {e}")))?;
-        let mut pg: tokio_postgres::Config = url
-            .expose()
-            .parse()
-            .map_err(|e| db("postgres", format!("url is not a PostgreSQL URL: {e}")))?;
-        if let Some(p) = &config.password {
-            let p = p
-                .read()
-                .map_err(|e| db("postgres", format!("password: {e}")))?;
-            pg.password(p.expose());
-        }
+        let mut pg = config
+            .connection()
+            .map_err(|(_, message)| db("postgres", message))?;
         pg.connect_timeout(Duration::from_secs(10));
         let describe = format!(
             "postgres {}/{}",
